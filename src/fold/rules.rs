@@ -1,0 +1,690 @@
+//! Business rules (spec §6–§9) and timed effects (§4, §9): what an accepted
+//! event or a due effect does to one start-up, and the records it writes.
+//!
+//! Callers have already run every check before the business rules and moved
+//! the start-up's clock; a rule either refuses the event (nothing changed)
+//! or applies it whole.
+
+use std::collections::BTreeSet;
+
+use crate::events::{
+    reject, Consideration, CreditGranted, DealSigned, Event, GpuUsage, Payload, Reason, Rejection, Topic,
+};
+use crate::records::{
+    identity_hash, Adjustment, Alert, AlertKind, Draw, JournalEntry, Output, PeriodFigures, RateRef, Statement,
+    StatementCurrency, UsageRated,
+};
+use crate::units::{format_millis, mul_div_round, Millis, Month, Ts};
+
+use super::state::{
+    rate_key_text, Deal, Grant, GrantState, RateBook, Startup, CONSUMED_THRESHOLDS,
+};
+use super::{FoldConfig, FoldStats, EXPIRING_NOTICE};
+
+/// Kinds of timed effect, in the order they fire at one instant (§4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum EffectKind {
+    ExpiringAlert,
+    Expiry,
+    Close,
+}
+
+/// A timed effect of one start-up; `target` is a grant id, or the month
+/// (`YYYY-MM`) of a close.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Effect {
+    pub due: Millis,
+    pub kind: EffectKind,
+    pub target: String,
+}
+
+/// The start-up's first effect due at or before its clock, if any,
+/// ordered by (due time, kind, grant id or month).
+pub fn next_effect(startup: &Startup, config: &FoldConfig) -> Option<Effect> {
+    let mut best: Option<(Millis, EffectKind, &str)> = None;
+    let mut candidates: Vec<(Millis, EffectKind, &str)> = Vec::new();
+    for grant in startup.grants.values().filter(|grant| grant.is_open()) {
+        let Some(expires_at) = grant.expires_at else { continue };
+        if grant.expiring_alerted_for != Some(expires_at) {
+            candidates.push((expires_at.saturating_sub(EXPIRING_NOTICE), EffectKind::ExpiringAlert, &grant.grant_id));
+        }
+        candidates.push((expires_at.saturating_add(config.expiry_grace), EffectKind::Expiry, &grant.grant_id));
+    }
+    let close_month = startup.book.next_to_close().map(|month| (month, month.to_string()));
+    if let Some((month, text)) = &close_month {
+        candidates.push((month.next().start().saturating_add(config.close_grace), EffectKind::Close, text));
+    }
+    for candidate in candidates {
+        if candidate.0 <= startup.clock && best.is_none_or(|current| candidate < current) {
+            best = Some(candidate);
+        }
+    }
+    best.map(|(due, kind, target)| Effect { due, kind, target: target.to_owned() })
+}
+
+/// Fires one due effect. Returns whether balance figures changed.
+pub fn fire(startup: &mut Startup, effect: &Effect, config: &FoldConfig, outputs: &mut Vec<Output>) -> bool {
+    match effect.kind {
+        EffectKind::ExpiringAlert => {
+            let grant = startup.grants.get_mut(&effect.target).expect("effects name known grants");
+            let expires_at = grant.expires_at.expect("only grants with an expiry warn of it");
+            grant.expiring_alerted_for = Some(expires_at);
+            let remaining = grant.remaining_face();
+            if remaining > 0 {
+                let expires_text = format_millis(expires_at);
+                let alert = Alert {
+                    alert_id: identity_hash(&[
+                        AlertKind::GrantExpiring.as_str(),
+                        &startup.id,
+                        &grant.currency,
+                        &grant.grant_id,
+                        &expires_text,
+                    ]),
+                    kind: AlertKind::GrantExpiring,
+                    startup: startup.id.clone(),
+                    currency: grant.currency.clone(),
+                    grant_id: Some(grant.grant_id.clone()),
+                    threshold: None,
+                    expires_at: Some(Ts(expires_at)),
+                    time: Ts(effect.due),
+                    remaining_face: Some(remaining),
+                };
+                outputs.push(Output::Alert(alert));
+            }
+            false
+        }
+        EffectKind::Expiry => {
+            expire(startup, &effect.target, outputs);
+            true
+        }
+        EffectKind::Close => {
+            let month = Month::parse(&effect.target).expect("close effects name a month");
+            let statement = close_month(startup, month, effect.due);
+            debug_assert_eq!(effect.due, month.next().start() + config.close_grace);
+            outputs.push(Output::Statement(statement));
+            false
+        }
+    }
+}
+
+/// Writes the journal entries of one source event, numbering their
+/// positions and skipping zero amounts (§9).
+struct Entries<'a> {
+    topic: Topic,
+    startup: &'a str,
+    source: &'a str,
+    id: &'a str,
+    event_time: Millis,
+    period: Month,
+    adjusts_period: Option<Month>,
+    position: u32,
+}
+
+impl Entries<'_> {
+    #[allow(clippy::too_many_arguments)]
+    fn write(
+        &mut self,
+        outputs: &mut Vec<Output>,
+        cause: &str,
+        currency: &str,
+        debit: &str,
+        credit: &str,
+        amount: i64,
+        deal_id: Option<&str>,
+        grant_id: Option<&str>,
+    ) {
+        debug_assert!(amount >= 0, "journal amounts are never negative");
+        if amount == 0 {
+            return;
+        }
+        let position = self.position.to_string();
+        self.position += 1;
+        let entry_id = identity_hash(&[self.topic.name(), self.startup, self.source, self.id, &position]);
+        outputs.push(Output::Journal(JournalEntry {
+            entry_id,
+            cause: cause.to_owned(),
+            startup: self.startup.to_owned(),
+            currency: currency.to_owned(),
+            debit: debit.to_owned(),
+            credit: credit.to_owned(),
+            amount,
+            deal_id: deal_id.map(str::to_owned),
+            grant_id: grant_id.map(str::to_owned),
+            event_time: Ts(self.event_time),
+            period: self.period,
+            adjusts_period: self.adjusts_period,
+            topic: self.topic.name().to_owned(),
+            source: self.source.to_owned(),
+            id: self.id.to_owned(),
+        }));
+    }
+}
+
+/// Books flows at `event_time` (§9): into the event's month if it is open,
+/// else into the earliest open month as an adjustment of the event's month.
+fn book(startup: &mut Startup, event_time: Millis, currency: &str, flows: &PeriodFigures) -> (Month, Option<Month>) {
+    let (period, adjusts) = startup.book.booking_month(Month::of(event_time));
+    if startup.book.closed_through.is_none() {
+        startup.book.first = Some(startup.book.first.map_or(period, |first| first.min(period)));
+    }
+    let month = startup.book.open.entry(period).or_default().entry(currency.to_owned()).or_default();
+    month.total.add(flows);
+    if let Some(adjusted) = adjusts {
+        month.adjustments.entry(adjusted).or_default().add(flows);
+    }
+    startup.figures.entry(currency.to_owned()).or_default().add(flows);
+    (period, adjusts)
+}
+
+fn close_month(startup: &mut Startup, month: Month, due: Millis) -> Statement {
+    let book = &mut startup.book;
+    let flows = book.open.remove(&month).unwrap_or_default();
+    let currencies: BTreeSet<String> = book.carry.keys().chain(flows.keys()).cloned().collect();
+    let mut blocks = Vec::with_capacity(currencies.len());
+    for currency in currencies {
+        let month_flows = flows.get(&currency).cloned().unwrap_or_default();
+        let carry = book.carry.entry(currency.clone()).or_default();
+        let opening = *carry;
+        carry.remaining_face += month_flows.total.remaining_face_change();
+        carry.contract_liability += month_flows.total.contract_liability_change();
+        blocks.push(StatementCurrency {
+            currency,
+            opening_remaining_face: opening.remaining_face,
+            closing_remaining_face: carry.remaining_face,
+            opening_contract_liability: opening.contract_liability,
+            closing_contract_liability: carry.contract_liability,
+            figures: month_flows.total,
+            adjustments: month_flows
+                .adjustments
+                .into_iter()
+                .map(|(period, figures)| Adjustment { period, figures })
+                .collect(),
+        });
+    }
+    book.closed_through = Some(month);
+    Statement { startup: startup.id.clone(), period: month, closed_at: Ts(due), currencies: blocks }
+}
+
+/// Expiry (§9): the remaining face expires; what is still unearned is breakage.
+fn expire(startup: &mut Startup, grant_id: &str, outputs: &mut Vec<Output>) {
+    let grant = startup.grants.get_mut(grant_id).expect("effects name known grants");
+    let expires_at = grant.expires_at.expect("only grants with an expiry expire");
+    let expired = grant.remaining_face();
+    let breakage = grant.unearned();
+    grant.expired_face += expired;
+    grant.revenue_breakage += breakage;
+    grant.state = GrantState::Expired;
+    let (currency, consideration, deal_id) = (grant.currency.clone(), grant.consideration, grant.deal_id.clone());
+    let flows = PeriodFigures { expired_face: expired, revenue_breakage: breakage, ..PeriodFigures::default() };
+    let (period, adjusts_period) = book(startup, expires_at, &currency, &flows);
+    if consideration != Consideration::Promotional {
+        let source = format!("{}expiry", crate::events::decode::RESERVED_SOURCE_PREFIX);
+        let mut entries = Entries {
+            topic: Topic::Deals,
+            startup: &startup.id,
+            source: &source,
+            id: grant_id,
+            event_time: expires_at,
+            period,
+            adjusts_period,
+            position: 0,
+        };
+        let deal_id = deal_id.as_deref();
+        entries.write(outputs, "expiry", &currency, "contract_liability", "revenue_breakage", breakage, deal_id, Some(grant_id));
+    }
+}
+
+/// Applies an accepted deal or usage event to its start-up.
+pub fn apply(
+    startup: &mut Startup,
+    rates: &RateBook,
+    topic: Topic,
+    event: &Event,
+    outputs: &mut Vec<Output>,
+    stats: &mut FoldStats,
+) -> Result<(), Rejection> {
+    match &event.payload {
+        Payload::DealSigned(deal) => deal_signed(startup, topic, event, deal, outputs),
+        Payload::CreditGranted(grant) => credit_granted(startup, topic, event, grant, outputs),
+        Payload::GrantExtended { grant_id, expires_at } => {
+            let Some(grant) = startup.grants.get_mut(grant_id) else {
+                return reject(Reason::UnknownGrant, format!("no grant {grant_id:?} for this start-up"));
+            };
+            match grant.expires_at {
+                _ if !grant.is_open() => {
+                    reject(Reason::InvalidTransition, format!("grant {grant_id:?} is {}", grant.state.as_str()))
+                }
+                None => reject(Reason::InvalidTransition, format!("grant {grant_id:?} has no expiry to extend")),
+                Some(current) if *expires_at <= current => {
+                    reject(Reason::InvalidTransition, "an extension must move expires_at strictly later")
+                }
+                Some(_) => {
+                    grant.expires_at = Some(*expires_at);
+                    Ok(())
+                }
+            }
+        }
+        Payload::GrantRevoked { grant_id } => {
+            let Some(grant) = startup.grants.get(grant_id) else {
+                return reject(Reason::UnknownGrant, format!("no grant {grant_id:?} for this start-up"));
+            };
+            if !grant.is_open() {
+                return reject(Reason::InvalidTransition, format!("grant {grant_id:?} is already {}", grant.state.as_str()));
+            }
+            let currency = grant.currency.clone();
+            revoke_all(startup, topic, event, &currency, &[grant_id.clone()], outputs);
+            Ok(())
+        }
+        Payload::DealCancelled { deal_id } => {
+            let Some(deal) = startup.deals.get_mut(deal_id) else {
+                return reject(Reason::UnknownDeal, format!("no deal {deal_id:?} for this start-up"));
+            };
+            if deal.cancelled {
+                return reject(Reason::InvalidTransition, format!("deal {deal_id:?} is already cancelled"));
+            }
+            deal.cancelled = true;
+            let currency = deal.currency.clone();
+            // BTreeMap order: grant ids ascending, bytewise.
+            let open: Vec<String> = startup
+                .grants
+                .values()
+                .filter(|grant| grant.is_open() && grant.deal_id.as_deref() == Some(deal_id))
+                .map(|grant| grant.grant_id.clone())
+                .collect();
+            revoke_all(startup, topic, event, &currency, &open, outputs);
+            Ok(())
+        }
+        Payload::GpuUsage(usage) => {
+            gpu_usage(startup, rates, topic, event, usage, outputs)?;
+            stats.usage_accepted += 1;
+            Ok(())
+        }
+        Payload::RatePublished(_) | Payload::ClockTick => unreachable!("rates and ticks have no start-up"),
+    }
+}
+
+fn fits_i64(total: i64, more: i64) -> bool {
+    total.checked_add(more).is_some()
+}
+
+fn deal_signed(
+    startup: &mut Startup,
+    topic: Topic,
+    event: &Event,
+    signed: &DealSigned,
+    outputs: &mut Vec<Output>,
+) -> Result<(), Rejection> {
+    if startup.deals.contains_key(&signed.deal_id) {
+        return reject(Reason::InvalidTransition, format!("deal_id {:?} is already used", signed.deal_id));
+    }
+    let transaction_price = (i128::from(signed.equity_fair_value) - i128::from(signed.cash_amount)).max(0) as i64;
+    let committed: i64 = startup
+        .deals
+        .values()
+        .filter(|deal| deal.currency == signed.currency)
+        .map(|deal| deal.transaction_price)
+        .fold(0i64, |total, price| total.saturating_add(price));
+    if !fits_i64(committed, transaction_price) {
+        return reject(Reason::InvalidField, "the start-up's deal prices would exceed 64 bits");
+    }
+    startup.deals.insert(
+        signed.deal_id.clone(),
+        Deal {
+            deal_id: signed.deal_id.clone(),
+            investor: signed.investor.clone(),
+            currency: signed.currency.clone(),
+            cash_amount: signed.cash_amount,
+            face: signed.credit_face_amount,
+            transaction_price,
+            granted_face: 0,
+            granted_price: 0,
+            cancelled: false,
+        },
+    );
+    let (period, adjusts_period) = book(startup, event.time, &signed.currency, &PeriodFigures::default());
+    let mut entries = entries_for(topic, startup, event, period, adjusts_period);
+    entries.write(
+        outputs,
+        "deal.signed",
+        &signed.currency,
+        "equity_investment",
+        "cash",
+        signed.cash_amount,
+        Some(&signed.deal_id),
+        None,
+    );
+    Ok(())
+}
+
+fn entries_for<'a>(
+    topic: Topic,
+    startup: &'a Startup,
+    event: &'a Event,
+    period: Month,
+    adjusts_period: Option<Month>,
+) -> Entries<'a> {
+    Entries {
+        topic,
+        startup: &startup.id,
+        source: &event.source,
+        id: &event.id,
+        event_time: event.time,
+        period,
+        adjusts_period,
+        position: 0,
+    }
+}
+
+fn credit_granted(
+    startup: &mut Startup,
+    topic: Topic,
+    event: &Event,
+    granted: &CreditGranted,
+    outputs: &mut Vec<Output>,
+) -> Result<(), Rejection> {
+    let face = granted.face_amount;
+    let transaction_price = match &granted.deal_id {
+        Some(deal_id) => {
+            let Some(deal) = startup.deals.get(deal_id) else {
+                return reject(Reason::UnknownDeal, format!("no deal {deal_id:?} for this start-up"));
+            };
+            if startup.grants.contains_key(&granted.grant_id) {
+                return reject(Reason::DuplicateGrant, format!("grant_id {:?} is already used", granted.grant_id));
+            }
+            if deal.cancelled {
+                return reject(Reason::InvalidTransition, format!("deal {deal_id:?} is cancelled"));
+            }
+            if deal.currency != granted.currency {
+                return reject(
+                    Reason::CurrencyMismatch,
+                    format!("grant currency {} differs from deal currency {}", granted.currency, deal.currency),
+                );
+            }
+            let before = i128::from(deal.granted_face);
+            if before + i128::from(face) > i128::from(deal.face) {
+                return reject(
+                    Reason::OverCommitment,
+                    format!("faces granted on deal {deal_id:?} would exceed its commitment of {}", deal.face),
+                );
+            }
+            // TP_g = round((G + F_g) TP_d / F_d) - round(G TP_d / F_d): a
+            // deal's grants sum to exactly TP_d once fully granted (§6).
+            let price = i128::from(deal.transaction_price);
+            let denominator = i128::from(deal.face);
+            let after = mul_div_round(before + i128::from(face), price, denominator).expect("fits 128 bits");
+            (after - mul_div_round(before, price, denominator).expect("fits 128 bits")) as i64
+        }
+        None => {
+            if startup.grants.contains_key(&granted.grant_id) {
+                return reject(Reason::DuplicateGrant, format!("grant_id {:?} is already used", granted.grant_id));
+            }
+            match (granted.consideration, granted.transaction_price) {
+                (Consideration::Promotional, _) => 0,
+                (_, Some(price)) => price,
+                (_, None) => face,
+            }
+        }
+    };
+    let totals = startup.figures.get(&granted.currency).cloned().unwrap_or_default();
+    if !fits_i64(totals.granted_face, face) || !fits_i64(totals.granted_transaction_price, transaction_price) {
+        return reject(Reason::InvalidField, "the start-up's granted figures would exceed 64 bits");
+    }
+    if let Some(deal) = granted.deal_id.as_ref().and_then(|deal_id| startup.deals.get_mut(deal_id)) {
+        deal.granted_face += face;
+        deal.granted_price += transaction_price;
+    }
+    startup.grants.insert(
+        granted.grant_id.clone(),
+        Grant {
+            grant_id: granted.grant_id.clone(),
+            deal_id: granted.deal_id.clone(),
+            currency: granted.currency.clone(),
+            consideration: granted.consideration,
+            escrow: granted.escrow,
+            priority: granted.priority,
+            effective_at: granted.effective_at,
+            expires_at: granted.expires_at,
+            face,
+            transaction_price,
+            consumed_face: 0,
+            expired_face: 0,
+            revoked_face: 0,
+            revenue_compute: 0,
+            revenue_breakage: 0,
+            revocation_reversal: 0,
+            state: GrantState::Open,
+            consumed_alerts: 0,
+            expiring_alerted_for: None,
+        },
+    );
+    let flows =
+        PeriodFigures { granted_face: face, granted_transaction_price: transaction_price, ..PeriodFigures::default() };
+    let (period, adjusts_period) = book(startup, event.time, &granted.currency, &flows);
+    let debit = match granted.consideration {
+        Consideration::Equity => "equity_investment",
+        Consideration::Cash => "cash",
+        Consideration::Promotional => return Ok(()),
+    };
+    let mut entries = entries_for(topic, startup, event, period, adjusts_period);
+    entries.write(
+        outputs,
+        "credit.granted",
+        &granted.currency,
+        debit,
+        "contract_liability",
+        transaction_price,
+        granted.deal_id.as_deref(),
+        Some(&granted.grant_id),
+    );
+    Ok(())
+}
+
+/// Revokes open grants (one currency) for one event, entries numbered in
+/// the given order.
+fn revoke_all(
+    startup: &mut Startup,
+    topic: Topic,
+    event: &Event,
+    currency: &str,
+    grant_ids: &[String],
+    outputs: &mut Vec<Output>,
+) {
+    let mut flows = PeriodFigures::default();
+    let mut reversals = Vec::with_capacity(grant_ids.len());
+    for grant_id in grant_ids {
+        let grant = startup.grants.get_mut(grant_id).expect("revoking known grants");
+        let revoked = grant.remaining_face();
+        let reversal = grant.unearned();
+        grant.revoked_face += revoked;
+        grant.revocation_reversal += reversal;
+        grant.state = GrantState::Revoked;
+        flows.revoked_face += revoked;
+        flows.revocation_reversal += reversal;
+        reversals.push((grant_id, grant.consideration, grant.deal_id.clone(), reversal));
+    }
+    let (period, adjusts_period) = book(startup, event.time, currency, &flows);
+    let mut entries = entries_for(topic, startup, event, period, adjusts_period);
+    for (grant_id, consideration, deal_id, reversal) in reversals {
+        let credit = match consideration {
+            Consideration::Equity => "equity_investment",
+            Consideration::Cash => "refund_liability",
+            Consideration::Promotional => continue,
+        };
+        entries.write(outputs, "revocation", currency, "contract_liability", credit, reversal, deal_id.as_deref(), Some(grant_id));
+    }
+}
+
+fn gpu_usage(
+    startup: &mut Startup,
+    rates: &RateBook,
+    topic: Topic,
+    event: &Event,
+    usage: &GpuUsage,
+    outputs: &mut Vec<Output>,
+) -> Result<(), Rejection> {
+    let key = (usage.gpu_model.clone(), usage.region.clone(), usage.tier);
+    let Some((&effective_from, card)) =
+        rates.cards.get(&key).and_then(|cards| cards.range(..=usage.started_at).next_back())
+    else {
+        return reject(
+            Reason::NoRate,
+            format!("no rate for {} effective at {}", rate_key_text(&key), format_millis(usage.started_at)),
+        );
+    };
+    let duration = i128::from(usage.ended_at - usage.started_at);
+    let billable_ms = duration.max(1000 * i128::from(card.min_billable_seconds));
+    let Ok(billable_ms) = i64::try_from(billable_ms) else {
+        return reject(Reason::InvalidField, "billable_ms is beyond 64 bits");
+    };
+    let Ok(gpu_ms) = i64::try_from(i128::from(usage.gpu_count) * i128::from(billable_ms)) else {
+        return reject(Reason::InvalidField, "gpu_ms is beyond 64 bits");
+    };
+    let cost = mul_div_round(i128::from(gpu_ms), i128::from(card.price_per_gpu_hour), 3_600_000).expect("fits 128 bits");
+    let Ok(cost) = i64::try_from(cost) else {
+        return reject(Reason::InvalidField, "cost is beyond 64 bits");
+    };
+    let currency = &card.currency;
+    let usage_cost_so_far = startup.figures.get(currency).map_or(0, |figures| figures.usage_cost);
+    if !fits_i64(usage_cost_so_far, cost) {
+        return reject(Reason::InvalidField, "the start-up's usage cost would exceed 64 bits");
+    }
+
+    // Burn-down (§8): eligible grants by priority, expiry (none last),
+    // effective_at, grant id.
+    let time = event.time;
+    let mut eligible: Vec<&Grant> = startup
+        .grants
+        .values()
+        .filter(|grant| {
+            grant.is_open()
+                && &grant.currency == currency
+                && grant.effective_at <= time
+                && grant.expires_at.is_none_or(|expires_at| time < expires_at)
+                && grant.remaining_face() > 0
+        })
+        .collect();
+    eligible.sort_by(|left, right| {
+        (left.priority, left.expires_at.is_none(), left.expires_at, left.effective_at, &left.grant_id).cmp(&(
+            right.priority,
+            right.expires_at.is_none(),
+            right.expires_at,
+            right.effective_at,
+            &right.grant_id,
+        ))
+    });
+    let order: Vec<String> = eligible.into_iter().map(|grant| grant.grant_id.clone()).collect();
+    let mut owed = cost;
+    let mut draws = Vec::new();
+    let mut alerts = Vec::new();
+    let mut flows = PeriodFigures { usage_cost: cost, usage_count: 1, ..PeriodFigures::default() };
+    for grant_id in order {
+        if owed == 0 {
+            break;
+        }
+        let grant = startup.grants.get_mut(&grant_id).expect("eligible grants exist");
+        let face = grant.remaining_face().min(owed);
+        let price = i128::from(grant.transaction_price);
+        let denominator = i128::from(grant.face);
+        let consumed_before = i128::from(grant.consumed_face);
+        let revenue = (mul_div_round(consumed_before + i128::from(face), price, denominator).expect("fits 128 bits")
+            - mul_div_round(consumed_before, price, denominator).expect("fits 128 bits")) as i64;
+        grant.consumed_face += face;
+        grant.revenue_compute += revenue;
+        owed -= face;
+        flows.consumed_face += face;
+        flows.revenue_compute += revenue;
+        for (bit, threshold) in CONSUMED_THRESHOLDS.iter().enumerate() {
+            let reached = i128::from(grant.consumed_face) * 100 >= i128::from(*threshold) * i128::from(grant.face);
+            if reached && grant.consumed_alerts & (1 << bit) == 0 {
+                grant.consumed_alerts |= 1 << bit;
+                alerts.push((grant.grant_id.clone(), *threshold, grant.remaining_face()));
+            }
+        }
+        draws.push((grant_id, grant.deal_id.clone(), grant.consideration, face, revenue));
+    }
+    let overage = owed;
+    flows.overage = overage;
+    flows.revenue_overage = overage;
+    let (period, adjusts_period) = book(startup, time, currency, &flows);
+
+    outputs.push(Output::UsageRated(UsageRated {
+        source: event.source.clone(),
+        id: event.id.clone(),
+        startup: startup.id.clone(),
+        time: Ts(time),
+        cluster_id: usage.cluster_id.clone(),
+        job_id: usage.job_id.clone(),
+        gpu_model: usage.gpu_model.clone(),
+        region: usage.region.clone(),
+        tier: usage.tier.as_str().to_owned(),
+        gpu_count: usage.gpu_count,
+        started_at: Ts(usage.started_at),
+        ended_at: Ts(usage.ended_at),
+        billable_ms,
+        gpu_ms,
+        rate: RateRef {
+            key: rate_key_text(&key),
+            effective_from: Ts(effective_from),
+            price_per_gpu_hour: card.price_per_gpu_hour,
+        },
+        cost,
+        currency: currency.clone(),
+        draws: draws
+            .iter()
+            .map(|(grant_id, _, _, face, revenue)| Draw { grant_id: grant_id.clone(), face: *face, revenue: *revenue })
+            .collect(),
+        overage,
+        period,
+        adjusts_period,
+    }));
+    let mut entries = entries_for(topic, startup, event, period, adjusts_period);
+    for (grant_id, deal_id, consideration, _, revenue) in &draws {
+        if *consideration != Consideration::Promotional {
+            entries.write(
+                outputs,
+                "draw",
+                currency,
+                "contract_liability",
+                "revenue_compute",
+                *revenue,
+                deal_id.as_deref(),
+                Some(grant_id),
+            );
+        }
+    }
+    entries.write(outputs, "overage", currency, "accounts_receivable", "revenue_overage", overage, None, None);
+    for (grant_id, threshold, remaining) in alerts {
+        let threshold_text = threshold.to_string();
+        outputs.push(Output::Alert(Alert {
+            alert_id: identity_hash(&[
+                AlertKind::GrantConsumed.as_str(),
+                &startup.id,
+                currency,
+                &grant_id,
+                &threshold_text,
+            ]),
+            kind: AlertKind::GrantConsumed,
+            startup: startup.id.clone(),
+            currency: currency.clone(),
+            grant_id: Some(grant_id),
+            threshold: Some(threshold),
+            expires_at: None,
+            time: Ts(time),
+            remaining_face: Some(remaining),
+        }));
+    }
+    if overage > 0 && startup.overage_alerted.insert(currency.clone()) {
+        outputs.push(Output::Alert(Alert {
+            alert_id: identity_hash(&[AlertKind::FirstOverage.as_str(), &startup.id, currency, "", ""]),
+            kind: AlertKind::FirstOverage,
+            startup: startup.id.clone(),
+            currency: currency.clone(),
+            grant_id: None,
+            threshold: None,
+            expires_at: None,
+            time: Ts(time),
+            remaining_face: None,
+        }));
+    }
+    Ok(())
+}

@@ -1,0 +1,266 @@
+//! The state a task folds into: plain data, no I/O. The store persists it
+//! (one column family per kind, see `store::columns`); the fold only reads
+//! and mutates it, and notes what changed so a commit writes only that.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+use crate::events::{Consideration, Digest, Tier, Topic};
+use crate::records::PeriodFigures;
+use crate::units::{Millis, Month};
+
+/// 16 bytes of SHA-256 over an event identity (spec §5): fixed width for
+/// RocksDB keys and memory; a collision needs ~2^64 identities.
+pub type IdentityKey = [u8; 16];
+
+pub fn identity_key(topic: Topic, startup: &str, source: &str, id: &str) -> IdentityKey {
+    let mut hasher = Sha256::new();
+    for part in [topic.name(), startup, source, id] {
+        hasher.update((part.len() as u32).to_be_bytes());
+        hasher.update(part.as_bytes());
+    }
+    let full: [u8; 32] = hasher.finalize().into();
+    let mut key = [0u8; 16];
+    key.copy_from_slice(&full[..16]);
+    key
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GrantState {
+    Open,
+    Expired,
+    Revoked,
+}
+
+impl GrantState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GrantState::Open => "open",
+            GrantState::Expired => "expired",
+            GrantState::Revoked => "revoked",
+        }
+    }
+}
+
+/// Percent thresholds of `grant_consumed` alerts, in the order they fire.
+pub const CONSUMED_THRESHOLDS: [u32; 3] = [50, 80, 100];
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    pub grant_id: String,
+    pub deal_id: Option<String>,
+    pub currency: String,
+    pub consideration: Consideration,
+    pub escrow: bool,
+    pub priority: u8,
+    pub effective_at: Millis,
+    pub expires_at: Option<Millis>,
+    pub face: i64,
+    pub transaction_price: i64,
+    pub consumed_face: i64,
+    pub expired_face: i64,
+    pub revoked_face: i64,
+    pub revenue_compute: i64,
+    pub revenue_breakage: i64,
+    pub revocation_reversal: i64,
+    pub state: GrantState,
+    /// Bit i set: the alert for `CONSUMED_THRESHOLDS[i]` was written.
+    pub consumed_alerts: u8,
+    /// The `expires_at` whose `grant_expiring` alert was judged already.
+    pub expiring_alerted_for: Option<Millis>,
+}
+
+impl Grant {
+    pub fn remaining_face(&self) -> i64 {
+        self.face - self.consumed_face - self.expired_face - self.revoked_face
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.state == GrantState::Open
+    }
+
+    /// What is still owed as service on this grant.
+    pub fn unearned(&self) -> i64 {
+        self.transaction_price - self.revenue_compute
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deal {
+    pub deal_id: String,
+    pub investor: String,
+    pub currency: String,
+    pub cash_amount: i64,
+    /// F_d, the credit commitment.
+    pub face: i64,
+    /// TP_d = max(0, equity_fair_value - cash_amount).
+    pub transaction_price: i64,
+    /// Faces ever granted on the deal (revoked and expired included).
+    pub granted_face: i64,
+    /// Sum of the TP_g of its grants.
+    pub granted_price: i64,
+    pub cancelled: bool,
+}
+
+/// Flows booked into one open month for one currency.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MonthFlows {
+    pub total: PeriodFigures,
+    /// Flows of closed months booked here, by the month they belong to.
+    pub adjustments: BTreeMap<Month, PeriodFigures>,
+}
+
+/// Closing figures carried from one statement to the next.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Carry {
+    pub remaining_face: i64,
+    pub contract_liability: i64,
+}
+
+/// Which months of a start-up are open, and what is booked in them (§9).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeriodBook {
+    /// The earliest booked month; statements are written from it on.
+    pub first: Option<Month>,
+    /// The last closed month; every month up to it is closed.
+    pub closed_through: Option<Month>,
+    pub open: BTreeMap<Month, BTreeMap<String, MonthFlows>>,
+    pub carry: BTreeMap<String, Carry>,
+}
+
+impl PeriodBook {
+    /// The month a booking at `event_month` goes to, and the closed month it
+    /// adjusts, if any.
+    pub fn booking_month(&self, event_month: Month) -> (Month, Option<Month>) {
+        match self.closed_through {
+            Some(closed) if event_month <= closed => (closed.next(), Some(event_month)),
+            _ => (event_month, None),
+        }
+    }
+
+    /// The month that closes next, if any month is booked.
+    pub fn next_to_close(&self) -> Option<Month> {
+        match self.closed_through {
+            Some(closed) => Some(closed.next()),
+            None => self.first,
+        }
+    }
+}
+
+/// A usage or deal identity remembered for duplicate detection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Remembered {
+    /// Event time; usage identities are forgotten once it falls out of the
+    /// dedup window. Deal identities are kept forever (`usage` false).
+    pub time: Millis,
+    pub usage: bool,
+    pub digest: Digest,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Dedup {
+    pub remembered: HashMap<IdentityKey, Remembered>,
+    /// Usage identities by event time, to forget them in order.
+    pub usage_by_time: BTreeSet<(Millis, IdentityKey)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Startup {
+    pub id: String,
+    /// Never goes back (§4).
+    pub clock: Millis,
+    pub duplicates_dropped: u64,
+    /// Cumulative figures per currency.
+    pub figures: BTreeMap<String, PeriodFigures>,
+    /// Kept in the grants column family.
+    #[serde(skip)]
+    pub grants: BTreeMap<String, Grant>,
+    /// Kept in the deals column family.
+    #[serde(skip)]
+    pub deals: BTreeMap<String, Deal>,
+    pub book: PeriodBook,
+    /// Currencies whose `first_overage` alert was written.
+    pub overage_alerted: BTreeSet<String>,
+    /// Kept in its own column family, not in the start-up's record.
+    #[serde(skip)]
+    pub dedup: Dedup,
+}
+
+impl Startup {
+    pub fn new(id: &str, clock: Millis) -> Startup {
+        Startup {
+            id: id.to_owned(),
+            clock,
+            duplicates_dropped: 0,
+            figures: BTreeMap::new(),
+            grants: BTreeMap::new(),
+            deals: BTreeMap::new(),
+            book: PeriodBook::default(),
+            overage_alerted: BTreeSet::new(),
+            dedup: Dedup::default(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateCard {
+    pub currency: String,
+    pub price_per_gpu_hour: i64,
+    pub min_billable_seconds: i64,
+}
+
+/// (gpu_model, region, tier)
+pub type RateKey = (String, String, Tier);
+
+pub fn rate_key_text(key: &RateKey) -> String {
+    format!("{}/{}/{}", key.0, key.1, key.2.as_str())
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RateBook {
+    pub cards: BTreeMap<RateKey, BTreeMap<Millis, RateCard>>,
+    /// Identities (source, id) of accepted rates, kept forever.
+    pub remembered: HashMap<IdentityKey, Digest>,
+    pub duplicates_dropped: u64,
+}
+
+/// Next offsets of a task's three inputs, indexed by [`Topic::index`].
+pub type Offsets = [i64; 3];
+
+/// Everything one task (partition) has folded.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TaskState {
+    pub partition: u32,
+    /// The latest tick taken by this task.
+    pub tick_clock: Option<Millis>,
+    pub startups: BTreeMap<String, Startup>,
+    pub rates: RateBook,
+    pub offsets: Offsets,
+}
+
+/// What a stretch of folding changed, so a commit writes just that.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// Start-ups whose record (or grants, deals) changed.
+    pub startups: BTreeSet<String>,
+    /// Start-ups whose balance figures changed (they get a balances record).
+    pub balances: BTreeSet<String>,
+    /// Dedup identities remembered (`Some`) or forgotten (`None`).
+    pub identities: BTreeMap<(String, IdentityKey), Option<Remembered>>,
+    pub rate_cards: BTreeSet<(RateKey, Millis)>,
+    pub rate_identities: BTreeMap<IdentityKey, Digest>,
+    pub task_meta: bool,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        self.startups.is_empty()
+            && self.identities.is_empty()
+            && self.rate_cards.is_empty()
+            && self.rate_identities.is_empty()
+            && !self.task_meta
+    }
+}

@@ -1,0 +1,176 @@
+//! The `gpuledger` command line: a thin shell over the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use gpuledger::units::{Millis, DAY_MS, HOUR_MS, MINUTE_MS, SECOND_MS};
+
+#[derive(Parser)]
+#[command(name = "gpuledger", version, about = "Exactly-once compute-credit ledger: GPU usage and compute-for-equity deals into ASC 606 revenue")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Fold three JSONL input files in batch mode (no Kafka).
+    Fold(FoldArgs),
+    /// Check the invariants of spec §11 on an output directory.
+    Audit {
+        dir: PathBuf,
+        /// The directory holds only part of a history (a resumed run):
+        /// skip reconciling the journal with the balances.
+        #[arg(long)]
+        partial: bool,
+    },
+    /// Generate a workload (rates, deals, metering) from the Philly GPU trace.
+    Gen {
+        #[arg(long, default_value = "../shared/data/traces/philly/philly.csv")]
+        trace: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Use only the first N jobs of the trace.
+        #[arg(long)]
+        jobs: Option<usize>,
+        /// Length of one usage event (e.g. 5m, 60s, 1h).
+        #[arg(long, default_value = "5m", value_parser = parse_duration)]
+        slice: Millis,
+    },
+    /// Print a per-start-up table of a balances.json.
+    Table { balances: PathBuf },
+}
+
+#[derive(clap::Args)]
+struct FoldArgs {
+    #[arg(long)]
+    rates: PathBuf,
+    #[arg(long)]
+    deals: PathBuf,
+    #[arg(long)]
+    metering: PathBuf,
+    #[arg(long)]
+    out: PathBuf,
+    /// RocksDB state directory; reuse it to continue over longer inputs.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Split the inputs as Kafka topics with N partitions would.
+    #[arg(long, default_value_t = 1)]
+    partitions: u32,
+    #[arg(long, default_value = "35d", value_parser = parse_duration)]
+    dedup_window: Millis,
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    expiry_grace: Millis,
+    #[arg(long, default_value = "72h", value_parser = parse_duration)]
+    close_grace: Millis,
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    max_future: Millis,
+    /// Records folded between two commits to the state directory.
+    #[arg(long, default_value_t = 50_000)]
+    commit_every: u64,
+}
+
+/// `90s`, `5m`, `72h`, `35d`, `250ms`.
+fn parse_duration(text: &str) -> Result<Millis, String> {
+    let split = text.find(|character: char| !character.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: i64 = number.parse().map_err(|_| format!("{text:?} is not a duration like 90s, 5m, 72h or 35d"))?;
+    let unit_ms = match unit {
+        "ms" => 1,
+        "s" => SECOND_MS,
+        "m" => MINUTE_MS,
+        "h" => HOUR_MS,
+        "d" => DAY_MS,
+        _ => return Err(format!("{text:?}: unit must be ms, s, m, h or d")),
+    };
+    number.checked_mul(unit_ms).ok_or_else(|| format!("{text:?} is too long"))
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("GPULEDGER_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Fold(args) => {
+            let options = gpuledger::batch::BatchOptions {
+                rates: args.rates,
+                deals: args.deals,
+                metering: args.metering,
+                out: args.out.clone(),
+                state_dir: args.state_dir,
+                partitions: args.partitions,
+                fold: gpuledger::fold::FoldConfig {
+                    dedup_window: args.dedup_window,
+                    expiry_grace: args.expiry_grace,
+                    close_grace: args.close_grace,
+                    max_future: args.max_future,
+                },
+                commit_every: args.commit_every.max(1),
+            };
+            let started = std::time::Instant::now();
+            let summary = gpuledger::batch::run(&options)?;
+            let seconds = started.elapsed().as_secs_f64();
+            println!(
+                "folded {} records ({} usage accepted, {} dead letters, {} duplicates dropped) for {} start-ups in {:.2}s ({:.0} records/s) into {}",
+                summary.records,
+                summary.usage_accepted,
+                summary.dead_letters,
+                summary.duplicates_dropped,
+                summary.startups,
+                seconds,
+                summary.records as f64 / seconds.max(1e-9),
+                args.out.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit { dir, partial } => {
+            let report = gpuledger::audit::audit(&dir, partial).with_context(|| format!("auditing {}", dir.display()))?;
+            for violation in &report.violations {
+                println!("violation: {violation}");
+            }
+            if report.violations.is_empty() {
+                println!(
+                    "audit ok: {} journal entries, {} usage records, {} statements, {} grants of {} start-ups; no violation",
+                    report.journal_entries, report.usage_records, report.statements, report.grants, report.startups
+                );
+                Ok(ExitCode::SUCCESS)
+            } else {
+                println!("audit failed: {} violations", report.violations.len());
+                Ok(ExitCode::FAILURE)
+            }
+        }
+        Command::Gen { trace, out, seed, jobs, slice } => {
+            let summary = gpuledger::gen::generate(&gpuledger::gen::GenOptions { trace, out: out.clone(), seed, jobs, slice })?;
+            println!(
+                "generated {} jobs into {}: {} usage events ({} metering lines), {} deal lines, {} rate lines",
+                summary.jobs,
+                out.display(),
+                summary.usage_events,
+                summary.metering_lines,
+                summary.deal_lines,
+                summary.rate_lines
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Table { balances } => {
+            let balances = gpuledger::batch::read_balances(&balances)?;
+            print!("{}", gpuledger::batch::balance_table(&balances));
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,0 +1,199 @@
+//! Persistence of task state.
+//!
+//! The fold keeps a task's state in memory and notes what changed
+//! ([`Changes`]); a commit turns the changes into one atomic batch of puts
+//! and deletes ([`commit_ops`]) written to a [`KvStore`]: RocksDB
+//! ([`rocks::RocksStore`]) or memory ([`MemoryStore`], for tests). Loading
+//! reads a partition's ranges back ([`load_task`]). The same code serves
+//! both stores, and one conformance test runs over both.
+
+pub mod columns;
+pub mod rocks;
+
+use std::collections::BTreeMap;
+
+use anyhow::{anyhow, Context as _};
+
+use crate::fold::state::{rate_key_text, Changes, Deal, Grant, RateCard, Startup, TaskState};
+use columns::{Column, Layout, TaskMeta};
+
+/// One write of a commit; `None` deletes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Op {
+    pub column: Column,
+    pub key: Vec<u8>,
+    pub value: Option<Vec<u8>>,
+}
+
+/// An ordered key-value store with column families and atomic batches.
+pub trait KvStore {
+    fn get(&self, column: Column, key: &[u8]) -> crate::Result<Option<Vec<u8>>>;
+    /// Every entry whose key starts with `prefix`, in key order.
+    fn scan_prefix(&self, column: Column, prefix: &[u8]) -> crate::Result<Vec<(Vec<u8>, Vec<u8>)>>;
+    /// Applies all operations atomically.
+    fn write(&mut self, ops: Vec<Op>) -> crate::Result<()>;
+}
+
+/// A store in memory, for tests and runs that persist nothing.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    columns: BTreeMap<Column, BTreeMap<Vec<u8>, Vec<u8>>>,
+}
+
+impl KvStore for MemoryStore {
+    fn get(&self, column: Column, key: &[u8]) -> crate::Result<Option<Vec<u8>>> {
+        Ok(self.columns.get(&column).and_then(|entries| entries.get(key).cloned()))
+    }
+
+    fn scan_prefix(&self, column: Column, prefix: &[u8]) -> crate::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let Some(entries) = self.columns.get(&column) else { return Ok(Vec::new()) };
+        Ok(entries
+            .range(prefix.to_vec()..)
+            .take_while(|(key, _)| key.starts_with(prefix))
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect())
+    }
+
+    fn write(&mut self, ops: Vec<Op>) -> crate::Result<()> {
+        for op in ops {
+            let entries = self.columns.entry(op.column).or_default();
+            match op.value {
+                Some(value) => entries.insert(op.key, value),
+                None => entries.remove(&op.key),
+            };
+        }
+        Ok(())
+    }
+}
+
+fn json<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("state records are plain data and always serialize")
+}
+
+/// The writes that persist `changes` of `state`.
+pub fn commit_ops(state: &TaskState, changes: &Changes) -> Vec<Op> {
+    let partition = state.partition;
+    let mut ops = Vec::new();
+    let put = |ops: &mut Vec<Op>, column, key, value| ops.push(Op { column, key, value: Some(value) });
+    for id in &changes.startups {
+        let Some(startup) = state.startups.get(id) else { continue };
+        put(&mut ops, Column::Startups, columns::startup_key(partition, id), json(startup));
+        // A start-up holds few grants and deals: rewriting them all keeps
+        // the change tracking simple.
+        for (grant_id, grant) in &startup.grants {
+            put(&mut ops, Column::Grants, columns::child_key(partition, id, grant_id), json(grant));
+        }
+        for (deal_id, deal) in &startup.deals {
+            put(&mut ops, Column::Deals, columns::child_key(partition, id, deal_id), json(deal));
+        }
+    }
+    for ((startup, identity), remembered) in &changes.identities {
+        ops.push(Op {
+            column: Column::Dedup,
+            key: columns::dedup_key(partition, startup, identity),
+            value: remembered.as_ref().map(columns::encode_remembered),
+        });
+    }
+    for ((gpu_model, region, tier), effective_from) in &changes.rate_cards {
+        let key = (gpu_model.clone(), region.clone(), *tier);
+        let card = &state.rates.cards[&key][effective_from];
+        put(&mut ops, Column::Rates, columns::rate_key(partition, gpu_model, region, *tier, *effective_from), json(card));
+    }
+    for (identity, digest) in &changes.rate_identities {
+        put(&mut ops, Column::RateIds, columns::rate_identity_key(partition, identity), digest.to_vec());
+    }
+    let meta = TaskMeta {
+        tick_clock: state.tick_clock,
+        offsets: state.offsets,
+        rates_duplicates_dropped: state.rates.duplicates_dropped,
+    };
+    put(&mut ops, Column::Meta, columns::task_meta_key(partition), json(&meta));
+    ops
+}
+
+fn parse<T: serde::de::DeserializeOwned>(column: Column, key: &[u8], value: &[u8]) -> crate::Result<T> {
+    serde_json::from_slice(value).with_context(|| format!("corrupt {} record at key {:?}", column.name(), key))
+}
+
+/// Loads one partition's state; a partition never committed loads empty.
+pub fn load_task(store: &dyn KvStore, partition: u32) -> crate::Result<TaskState> {
+    let mut state = TaskState { partition, ..TaskState::default() };
+    if let Some(meta) = store.get(Column::Meta, &columns::task_meta_key(partition))? {
+        let meta: TaskMeta = parse(Column::Meta, b"task", &meta)?;
+        state.tick_clock = meta.tick_clock;
+        state.offsets = meta.offsets;
+        state.rates.duplicates_dropped = meta.rates_duplicates_dropped;
+    }
+    let prefix = columns::partition_prefix(partition);
+    for (key, value) in store.scan_prefix(Column::Startups, &prefix)? {
+        let startup: Startup = parse(Column::Startups, &key, &value)?;
+        state.startups.insert(startup.id.clone(), startup);
+    }
+    let corrupt = |column: Column, key: &[u8]| anyhow!("corrupt {} key {:?}", column.name(), key);
+    for column in [Column::Grants, Column::Deals] {
+        for (key, value) in store.scan_prefix(column, &prefix)? {
+            let (startup_id, _) = columns::split_startup_key(&key).ok_or_else(|| corrupt(column, &key))?;
+            let startup = state
+                .startups
+                .get_mut(&startup_id)
+                .ok_or_else(|| anyhow!("{} record of unknown start-up {startup_id:?}", column.name()))?;
+            if column == Column::Grants {
+                let grant: Grant = parse(column, &key, &value)?;
+                startup.grants.insert(grant.grant_id.clone(), grant);
+            } else {
+                let deal: Deal = parse(column, &key, &value)?;
+                startup.deals.insert(deal.deal_id.clone(), deal);
+            }
+        }
+    }
+    for (key, value) in store.scan_prefix(Column::Dedup, &prefix)? {
+        let (startup_id, rest) = columns::split_startup_key(&key).ok_or_else(|| corrupt(Column::Dedup, &key))?;
+        let identity: [u8; 16] = rest.try_into().map_err(|_| corrupt(Column::Dedup, &key))?;
+        let remembered = columns::decode_remembered(&value).ok_or_else(|| corrupt(Column::Dedup, &key))?;
+        let startup = state
+            .startups
+            .get_mut(&startup_id)
+            .ok_or_else(|| anyhow!("dedup record of unknown start-up {startup_id:?}"))?;
+        startup.dedup.remembered.insert(identity, remembered);
+        if remembered.usage {
+            startup.dedup.usage_by_time.insert((remembered.time, identity));
+        }
+    }
+    for (key, value) in store.scan_prefix(Column::Rates, &prefix)? {
+        let (gpu_model, region, tier, effective_from) =
+            columns::parse_rate_key(&key).ok_or_else(|| corrupt(Column::Rates, &key))?;
+        let card: RateCard = parse(Column::Rates, &key, &value)?;
+        let rate_key = (gpu_model, region, tier);
+        debug_assert!(!rate_key_text(&rate_key).is_empty());
+        state.rates.cards.entry(rate_key).or_default().insert(effective_from, card);
+    }
+    for (key, value) in store.scan_prefix(Column::RateIds, &prefix)? {
+        let identity: [u8; 16] = key.get(4..).and_then(|rest| rest.try_into().ok()).ok_or_else(|| corrupt(Column::RateIds, &key))?;
+        let digest: [u8; 32] = value.as_slice().try_into().map_err(|_| corrupt(Column::RateIds, &key))?;
+        state.rates.remembered.insert(identity, digest);
+    }
+    Ok(state)
+}
+
+/// Checks (and on first use records) how many partitions the state
+/// directory's tasks were split into.
+pub fn check_layout(store: &mut dyn KvStore, partitions: u32) -> crate::Result<()> {
+    match store.get(Column::Meta, columns::LAYOUT_KEY)? {
+        Some(bytes) => {
+            let layout: Layout = parse(Column::Meta, columns::LAYOUT_KEY, &bytes)?;
+            if layout.partitions != partitions {
+                anyhow::bail!(
+                    "the state directory holds state for {} partitions, not {partitions}: use --partitions {} or a fresh state directory",
+                    layout.partitions,
+                    layout.partitions
+                );
+            }
+            Ok(())
+        }
+        None => store.write(vec![Op {
+            column: Column::Meta,
+            key: columns::LAYOUT_KEY.to_vec(),
+            value: Some(json(&Layout { partitions })),
+        }]),
+    }
+}

@@ -1,0 +1,110 @@
+//! The RocksDB store: one column family per kind of state
+//! ([`Column`]), one `WriteBatch` per commit. The raw handle stays private.
+//!
+//! RocksDB calls block; the streaming processor calls them from a blocking
+//! thread, never from an async executor thread.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context as _};
+use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, Options, WriteBatch, WriteOptions, DB};
+
+use super::{Column, KvStore, Op};
+
+/// Shared block cache for all column families. The hot state lives in the
+/// fold's memory; RocksDB is read on load and written on commit, so a small
+/// cache suffices.
+const BLOCK_CACHE_BYTES: usize = 64 << 20;
+/// Per column family memtable: commits write many small dedup entries, and a
+/// larger memtable means fewer, larger flushes.
+const WRITE_BUFFER_BYTES: usize = 32 << 20;
+
+pub struct RocksStore {
+    db: DB,
+    path: PathBuf,
+}
+
+impl RocksStore {
+    /// Opens (or creates) a state directory. Column families written by a
+    /// newer version are opened too, so an older binary can still start.
+    pub fn open(path: &Path) -> crate::Result<RocksStore> {
+        std::fs::create_dir_all(path).with_context(|| format!("creating state directory {}", path.display()))?;
+        let cache = Cache::new_lru_cache(BLOCK_CACHE_BYTES);
+        let mut table = BlockBasedOptions::default();
+        table.set_block_cache(&cache);
+        let mut column_options = Options::default();
+        column_options.set_block_based_table_factory(&table);
+        column_options.set_write_buffer_size(WRITE_BUFFER_BYTES);
+        column_options.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        let mut db_options = column_options.clone();
+        db_options.create_if_missing(true);
+        db_options.create_missing_column_families(true);
+
+        let mut names: Vec<String> = Column::ALL.iter().map(|column| column.name().to_owned()).collect();
+        if let Ok(existing) = DB::list_cf(&db_options, path) {
+            for name in existing {
+                if !names.contains(&name) {
+                    names.push(name);
+                }
+            }
+        }
+        let descriptors = names.iter().map(|name| ColumnFamilyDescriptor::new(name, column_options.clone()));
+        let db = match DB::open_cf_descriptors(&db_options, path, descriptors) {
+            Ok(db) => db,
+            Err(error) if error.to_string().contains("lock") => bail!(
+                "state directory {} is in use by another gpuledger process ({error})",
+                path.display()
+            ),
+            Err(error) => {
+                return Err(error).with_context(|| format!("opening state directory {}", path.display()))
+            }
+        };
+        Ok(RocksStore { db, path: path.to_owned() })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn handle(&self, column: Column) -> crate::Result<&rocksdb::ColumnFamily> {
+        self.db
+            .cf_handle(column.name())
+            .with_context(|| format!("column family {} missing in {}", column.name(), self.path.display()))
+    }
+}
+
+impl KvStore for RocksStore {
+    fn get(&self, column: Column, key: &[u8]) -> crate::Result<Option<Vec<u8>>> {
+        Ok(self.db.get_cf(self.handle(column)?, key)?)
+    }
+
+    fn scan_prefix(&self, column: Column, prefix: &[u8]) -> crate::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut entries = Vec::new();
+        let iterator = self
+            .db
+            .iterator_cf(self.handle(column)?, rocksdb::IteratorMode::From(prefix, rocksdb::Direction::Forward));
+        for item in iterator {
+            let (key, value) = item?;
+            if !key.starts_with(prefix) {
+                break;
+            }
+            entries.push((key.into_vec(), value.into_vec()));
+        }
+        Ok(entries)
+    }
+
+    fn write(&mut self, ops: Vec<Op>) -> crate::Result<()> {
+        let mut batch = WriteBatch::default();
+        for op in ops {
+            let handle = self.handle(op.column)?;
+            match op.value {
+                Some(value) => batch.put_cf(handle, op.key, value),
+                None => batch.delete_cf(handle, op.key),
+            }
+        }
+        // The WAL makes a commit atomic and durable against a process crash;
+        // no fsync per commit: after a machine crash the state is rebuilt
+        // from the input logs (batch mode) or the committed offsets (live).
+        self.db.write_opt(batch, &WriteOptions::default()).context("writing a commit to RocksDB")
+    }
+}
