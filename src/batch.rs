@@ -126,7 +126,7 @@ impl Cursor {
             };
             // Rates are one partition, read whole by every task.
             let target = if self.topic == Topic::Rates { Some(0) } else { route(self.topic, key.as_deref(), tick, self.partitions) };
-            if target.is_some_and(|target| target != self.partition) {
+            if self.topic != Topic::Rates && target.is_some_and(|target| target != self.partition) {
                 continue;
             }
             let offset = self.next_offset;

@@ -20,7 +20,8 @@
 //!   reason code are mixed in;
 //! - deals: one compute-for-equity deal per start-up (cash + credits, equity
 //!   fair value, two tranches, the second in escrow), plus a promotional and
-//!   a cash grant, an extension, a revocation and a cancelled deal;
+//!   a cash grant, an extension, a revocation and a cancelled deal, dated
+//!   as fractions of the trace's span so that small workloads exercise them;
 //! - rate cards for A800/H800/H20/L20 × two regions × three tiers, with a
 //!   price change on 2025-11-01.
 //!
@@ -267,6 +268,14 @@ pub fn generate(options: &GenOptions) -> crate::Result<GenSummary> {
         }
     }
     slices.sort_unstable();
+    // Deal dates are set as fractions (per mille) of the trace's span, so a
+    // workload of a few jobs exercises expiries and revocations as the full
+    // trace does. Whole hours keep the files readable.
+    let span = slices.last().map_or(DAY_MS, |last| last.0 - day0).max(DAY_MS);
+    let at_permille = |permille: i64| {
+        let instant = day0 + (i128::from(span) * i128::from(permille) / 1000) as i64;
+        instant - instant.rem_euclid(HOUR_MS)
+    };
 
     std::fs::create_dir_all(&options.out).with_context(|| format!("creating {}", options.out.display()))?;
     let mut summary = GenSummary { jobs: jobs.len(), ..GenSummary::default() };
@@ -324,36 +333,36 @@ pub fn generate(options: &GenOptions) -> crate::Result<GenSummary> {
             )
         };
         deals.push((signed + MINUTE_MS, deal_event(&format!("{deal_id}-t1"), "gpuledger.credit.granted", startup, signed + MINUTE_MS,
-            &grant(&format!("{startup}-t1"), first, day0, day0 + 75 * DAY_MS, 40, false))));
-        let release = day0 + 40 * DAY_MS + index as i64 * HOUR_MS;
+            &grant(&format!("{startup}-t1"), first, day0, at_permille(450), 40, false))));
+        let release = at_permille(250) + index as i64 * HOUR_MS;
         deals.push((release, deal_event(&format!("{deal_id}-t2"), "gpuledger.credit.granted", startup, release,
-            &grant(&format!("{startup}-t2"), face - first, release, day0 + 150 * DAY_MS, 60, true))));
+            &grant(&format!("{startup}-t2"), face - first, release, at_permille(900), 60, true))));
         match index {
             0 => {
                 let at = day0 + HOUR_MS;
                 deals.push((at, deal_event("promo-launch", "gpuledger.credit.granted", startup, at, &format!(
                     "{{\"grant_id\":\"{startup}-promo\",\"face_amount\":5000000000,\"currency\":\"USD\",\"effective_at\":\"{}\",\"expires_at\":\"{}\",\"priority\":10,\"consideration\":\"promotional\"}}",
-                    ts(day0), ts(day0 + 30 * DAY_MS)))));
+                    ts(day0), ts(at_permille(200))))));
             }
             1 => {
-                let at = day0 + 10 * DAY_MS;
+                let at = at_permille(60);
                 deals.push((at, deal_event("prepaid-1", "gpuledger.credit.granted", startup, at, &format!(
                     "{{\"grant_id\":\"{startup}-prepaid\",\"face_amount\":20000000000,\"currency\":\"USD\",\"effective_at\":\"{}\",\"priority\":90,\"consideration\":\"cash\"}}",
                     ts(at)))));
             }
             2 => {
-                let at = day0 + 60 * DAY_MS;
+                let at = at_permille(400);
                 deals.push((at, deal_event("extend-t1", "gpuledger.grant.extended", startup, at, &format!(
-                    "{{\"grant_id\":\"{startup}-t1\",\"expires_at\":\"{}\"}}", ts(day0 + 105 * DAY_MS)))));
+                    "{{\"grant_id\":\"{startup}-t1\",\"expires_at\":\"{}\"}}", ts(at_permille(650))))));
             }
             3 => {
-                let at = day0 + 100 * DAY_MS;
+                let at = at_permille(600);
                 deals.push((at, deal_event("revoke-t2", "gpuledger.grant.revoked", startup, at, &format!("{{\"grant_id\":\"{startup}-t2\"}}"))));
             }
             _ => {}
         }
         if index + 1 == ranked.len() && index > 3 {
-            let at = day0 + 20 * DAY_MS;
+            let at = at_permille(120);
             deals.push((at, deal_event("cancel-1", "gpuledger.deal.cancelled", startup, at, &format!("{{\"deal_id\":\"{deal_id}\"}}"))));
         }
     }

@@ -122,7 +122,7 @@ impl SchemaRegistry {
         if !body.is_empty() {
             return reject(Reason::Undecodable, format!("{} trailing bytes after the Avro datum", body.len()));
         }
-        let mut event = avro_to_json(&value);
+        let mut event = avro_to_json(&value, false);
         // CloudEvents extension attributes live at the top level in JSON.
         if let JsonValue::Object(members) = &mut event {
             if let Some(JsonValue::Object(extensions)) = members.remove("extensions") {
@@ -175,7 +175,10 @@ fn cloudevent_to_avro(schema: &Schema, event: &JsonValue) -> crate::Result<AvroV
 
 /// Avro value to JSON: records as objects, unions unwrapped, enums as their
 /// symbol, timestamps as RFC 3339 strings.
-pub fn avro_to_json(value: &AvroValue) -> JsonValue {
+/// With `keep_nulls` false, null record fields are left out (input events:
+/// Avro has no "absent", and the spec reads null as absent, §3).
+pub fn avro_to_json(value: &AvroValue, keep_nulls: bool) -> JsonValue {
+    let convert = |value: &AvroValue| avro_to_json(value, keep_nulls);
     match value {
         AvroValue::Null => JsonValue::Null,
         AvroValue::Boolean(flag) => JsonValue::Bool(*flag),
@@ -183,15 +186,19 @@ pub fn avro_to_json(value: &AvroValue) -> JsonValue {
         AvroValue::Long(number) => JsonValue::Number(Number::from(*number)),
         AvroValue::TimestampMillis(instant) => JsonValue::String(format_millis(*instant)),
         AvroValue::String(text) | AvroValue::Enum(_, text) => JsonValue::String(text.clone()),
-        AvroValue::Union(_, inner) => avro_to_json(inner),
-        AvroValue::Array(items) => JsonValue::Array(items.iter().map(avro_to_json).collect()),
+        AvroValue::Union(_, inner) => convert(inner),
+        AvroValue::Array(items) => JsonValue::Array(items.iter().map(convert).collect()),
         AvroValue::Map(entries) => {
             let sorted: BTreeMap<_, _> = entries.iter().collect();
-            JsonValue::Object(sorted.into_iter().map(|(key, value)| (key.clone(), avro_to_json(value))).collect())
+            JsonValue::Object(sorted.into_iter().map(|(key, value)| (key.clone(), convert(value))).collect())
         }
-        AvroValue::Record(fields) => {
-            JsonValue::Object(fields.iter().map(|(name, value)| (name.clone(), avro_to_json(value))).collect())
-        }
+        AvroValue::Record(fields) => JsonValue::Object(
+            fields
+                .iter()
+                .map(|(name, value)| (name.clone(), convert(value)))
+                .filter(|(_, value)| keep_nulls || !value.is_null())
+                .collect(),
+        ),
         other => JsonValue::String(format!("{other:?}")),
     }
 }
@@ -290,7 +297,7 @@ impl OutputEncoder {
             .strip_prefix(&SINGLE_OBJECT_MAGIC)
             .and_then(|rest| rest.strip_prefix(&fingerprint(schema)))
             .ok_or_else(|| anyhow!("not a single-object record of this schema"))?;
-        Ok(avro_to_json(&apache_avro::from_avro_datum(schema, &mut &body[..], None)?))
+        Ok(avro_to_json(&apache_avro::from_avro_datum(schema, &mut &body[..], None)?, true))
     }
 }
 

@@ -12,10 +12,41 @@ use sha2::{Digest as _, Sha256};
 
 use super::Digest;
 
+/// Times of the envelope and data that compare as instants, not as text:
+/// `2025-01-01T08:00:00+08:00` and `2025-01-01T00:00:00.000Z` are one value.
+const TIME_FIELDS: [&str; 6] = ["time", "effective_at", "expires_at", "effective_from", "started_at", "ended_at"];
+
+/// Digest of a CloudEvent: the canonical walk, with the known time fields
+/// (top-level `time`, and those of `data`) fed as parsed instants.
 pub fn digest(value: &serde_json::Value) -> Digest {
     let mut hasher = Sha256::new();
-    feed(&mut hasher, value);
+    feed_event(&mut hasher, value, 0);
     hasher.finalize().into()
+}
+
+fn feed_event(hasher: &mut Sha256, value: &serde_json::Value, depth: u8) {
+    let serde_json::Value::Object(members) = value else {
+        feed(hasher, value);
+        return;
+    };
+    let mut sorted: Vec<_> = members.iter().collect();
+    sorted.sort_unstable_by(|left, right| left.0.as_bytes().cmp(right.0.as_bytes()));
+    hasher.update(b"{");
+    hasher.update((sorted.len() as u64).to_be_bytes());
+    for (key, member) in sorted {
+        feed_bytes(hasher, b'k', key.as_bytes());
+        let instant = match member {
+            serde_json::Value::String(text) if TIME_FIELDS.contains(&key.as_str()) && (depth == 1 || key == "time") => {
+                crate::units::parse_rfc3339(text)
+            }
+            _ => None,
+        };
+        match instant {
+            Some(instant) => feed_bytes(hasher, b'T', &instant.to_be_bytes()),
+            None if depth == 0 && key == "data" => feed_event(hasher, member, 1),
+            None => feed(hasher, member),
+        }
+    }
 }
 
 fn feed_bytes(hasher: &mut Sha256, tag: u8, bytes: &[u8]) {
@@ -99,6 +130,16 @@ mod tests {
         assert_ne!(exact_decimal("1"), exact_decimal("-1"));
         assert_ne!(exact_decimal("9007199254740993"), exact_decimal("9007199254740992"));
         assert_eq!(exact_decimal("0.05"), "5e-1");
+    }
+
+    #[test]
+    fn known_times_compare_as_instants() {
+        let plain = parse(r#"{"time":"2025-01-01T08:00:00+08:00","data":{"started_at":"2025-01-01T00:00:00Z"},"x":"2025-01-01T00:00:00Z"}"#);
+        let spelled = parse(r#"{"time":"2025-01-01T00:00:00.000Z","data":{"started_at":"2025-01-01T00:00:00.000Z"},"x":"2025-01-01T00:00:00Z"}"#);
+        assert_eq!(digest(&plain), digest(&spelled));
+        // An extension attribute is compared as text.
+        let other = parse(r#"{"time":"2025-01-01T00:00:00.000Z","data":{"started_at":"2025-01-01T00:00:00.000Z"},"x":"2025-01-01T00:00:00.000Z"}"#);
+        assert_ne!(digest(&plain), digest(&other));
     }
 
     #[test]

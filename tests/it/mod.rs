@@ -1,0 +1,6 @@
+mod batch;
+mod codec;
+mod common;
+mod golden;
+mod props;
+mod store;
