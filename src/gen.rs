@@ -168,6 +168,9 @@ fn read_trace(path: &Path, limit: Option<usize>, shift: Millis) -> crate::Result
             }
             continue;
         }
+        if line.trim().is_empty() {
+            continue;
+        }
         if limit.is_some_and(|limit| jobs.len() >= limit) {
             break;
         }

@@ -1,0 +1,53 @@
+# gpuledger — run `make` for the list of targets.
+#
+# One cargo profile (release) serves tests, the demo and benchmarks: RocksDB's
+# C++ takes ~18 minutes to build on 2 cores, so it is built once, into a
+# target directory outside the clone that later runs and CI reuse.
+
+SHELL := /bin/bash
+export CARGO_TARGET_DIR ?= /var/tmp/gpuledger-target
+BIN := $(CARGO_TARGET_DIR)/release/gpuledger
+TRACE ?= ../shared/data/traces/philly/philly.csv
+DEMO_DIR ?= /var/tmp/gpuledger-demo
+BENCH_DIR ?= /var/tmp/gpuledger-bench
+CARGO := cargo
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+
+.PHONY: deps
+deps: ## install what the build needs (Debian packages), if missing
+	@scripts/install-deps.sh
+
+.PHONY: build
+build: deps ## build the gpuledger binary (release)
+	$(CARGO) build --release --locked
+
+.PHONY: test
+test: deps ## run every test (unit, integration, property, golden)
+	$(CARGO) test --release --locked
+
+.PHONY: demo
+demo: build ## generate the Philly workload, fold it, audit it, print balances
+	@scripts/demo.sh "$(BIN)" "$(TRACE)" "$(DEMO_DIR)"
+
+.PHONY: bench-fold
+bench-fold: build ## batch-mode fold throughput on the full Philly workload (3 runs)
+	@scripts/bench-fold.sh "$(BIN)" "$(TRACE)" "$(BENCH_DIR)"
+
+.PHONY: golden
+golden: build ## regenerate tests/data/golden/expected (review the diff!)
+	$(BIN) fold --rates tests/data/golden/rates.jsonl --deals tests/data/golden/deals.jsonl \
+		--metering tests/data/golden/metering.jsonl --out tests/data/golden/expected --max-future 60d
+	$(BIN) audit tests/data/golden/expected
+
+.PHONY: fmt
+fmt: ## format the code
+	$(CARGO) fmt
+
+.PHONY: lint
+lint: deps ## clippy with warnings as errors
+	$(CARGO) clippy --release --all-targets -- -D warnings
