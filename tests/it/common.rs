@@ -6,7 +6,7 @@ use gpuledger::batch::{BatchOptions, BatchSummary};
 use gpuledger::fold::FoldConfig;
 
 pub fn philly_trace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/traces/philly/philly.csv")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/philly/philly-sample.csv")
 }
 
 /// A small workload from the first `jobs` jobs of the Philly trace.
