@@ -4,7 +4,9 @@
 //! Checked per record: every journal entry balances (positive amount,
 //! distinct accounts) and its `entry_id` is the hash of its identity; every
 //! usage's cost equals its draws plus overage; every identity occurs once
-//! (usage-rated, journal, statements, alerts, dead letters). Per grant in
+//! (usage-rated, journal, statements, alerts, dead letters; usage identities
+//! and entry ids together with their event time, because an id reused after
+//! the dedup window forgot it is a new event, see `docs/decisions.md`). Per grant in
 //! `balances.json`: face = consumed + expired + revoked + remaining, and for
 //! final grants revenue + breakage + reversal = transaction price. Per
 //! start-up and currency: contract liability = Σ open grants' unearned price,
@@ -72,7 +74,7 @@ pub fn audit(dir: &Path, partial: bool) -> crate::Result<AuditReport> {
         if !position_ok {
             report.violation(format!("journal entry {} is not the hash of its identity", entry.entry_id));
         }
-        if !entry_ids.insert(entry.entry_id.clone()) {
+        if !entry_ids.insert((entry.entry_id.clone(), entry.event_time)) {
             report.violation(format!("journal entry {} occurs twice", entry.entry_id));
         }
         let totals = per_currency.entry(entry.currency.clone()).or_default();
@@ -95,7 +97,7 @@ pub fn audit(dir: &Path, partial: bool) -> crate::Result<AuditReport> {
         if i128::from(usage.cost) != drawn + i128::from(usage.overage) {
             report.violation(format!("usage {}/{}: cost {} != draws {drawn} + overage {}", usage.source, usage.id, usage.cost, usage.overage));
         }
-        if !usage_ids.insert((usage.startup.clone(), usage.source.clone(), usage.id.clone())) {
+        if !usage_ids.insert((usage.startup.clone(), usage.source.clone(), usage.id.clone(), usage.time)) {
             report.violation(format!("usage {}/{} of {} occurs twice", usage.source, usage.id, usage.startup));
         }
         *usage_cost.entry((usage.startup, usage.currency)).or_default() += i128::from(usage.cost);
