@@ -176,7 +176,7 @@ impl OutputFiles {
         for output in outputs.drain(..) {
             let stream = output.stream() as usize;
             let writer = &mut self.writers[stream];
-            writer.write_all(&output.to_json())?;
+            output.write_json(&mut *writer)?;
             writer.write_all(b"\n")?;
             self.counts[stream] += 1;
         }

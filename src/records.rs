@@ -319,14 +319,21 @@ impl Output {
 
     /// The record as one line of JSON (no trailing newline).
     pub fn to_json(&self) -> Vec<u8> {
+        let mut bytes = Vec::with_capacity(512);
+        self.write_json(&mut bytes).expect("writing to memory cannot fail");
+        bytes
+    }
+
+    /// Writes the record as one line of JSON (no trailing newline).
+    pub fn write_json<W: std::io::Write>(&self, writer: W) -> std::io::Result<()> {
         let written = match self {
-            Output::UsageRated(record) => serde_json::to_vec(record),
-            Output::Journal(record) => serde_json::to_vec(record),
-            Output::Statement(record) => serde_json::to_vec(record),
-            Output::Alert(record) => serde_json::to_vec(record),
-            Output::DeadLetter(record) => serde_json::to_vec(record),
+            Output::UsageRated(record) => serde_json::to_writer(writer, record),
+            Output::Journal(record) => serde_json::to_writer(writer, record),
+            Output::Statement(record) => serde_json::to_writer(writer, record),
+            Output::Alert(record) => serde_json::to_writer(writer, record),
+            Output::DeadLetter(record) => serde_json::to_writer(writer, record),
         };
-        written.expect("output records are plain data and always serialize")
+        written.map_err(std::io::Error::from)
     }
 }
 

@@ -126,16 +126,56 @@ pub fn parse_rfc3339(text: &str) -> Option<Millis> {
 
 /// Formats an instant as `YYYY-MM-DDTHH:MM:SS.mmmZ` (spec §2).
 pub fn format_millis(instant: Millis) -> String {
+    let mut buffer = [0u8; 24];
+    match format_millis_into(instant, &mut buffer) {
+        Some(text) => text.to_owned(),
+        None => {
+            let days = instant.div_euclid(DAY_MS);
+            let in_day = instant.rem_euclid(DAY_MS);
+            let (year, month, day) = civil_from_days(days);
+            format!(
+                "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+                in_day / HOUR_MS,
+                in_day % HOUR_MS / MINUTE_MS,
+                in_day % MINUTE_MS / SECOND_MS,
+                in_day % SECOND_MS
+            )
+        }
+    }
+}
+
+/// Writes the 24-byte form into `buffer` without allocating; `None` for
+/// years outside 0000–9999 (then [`format_millis`] falls back to `format!`).
+/// Output records format several instants each, so this is on the hot path.
+pub fn format_millis_into(instant: Millis, buffer: &mut [u8; 24]) -> Option<&str> {
     let days = instant.div_euclid(DAY_MS);
     let in_day = instant.rem_euclid(DAY_MS);
     let (year, month, day) = civil_from_days(days);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        in_day / HOUR_MS,
-        in_day % HOUR_MS / MINUTE_MS,
-        in_day % MINUTE_MS / SECOND_MS,
-        in_day % SECOND_MS
-    )
+    if !(0..=9999).contains(&year) {
+        return None;
+    }
+    let mut put = |at: usize, value: i64, width: usize| {
+        let mut value = value;
+        for position in (at..at + width).rev() {
+            buffer[position] = b'0' + (value % 10) as u8;
+            value /= 10;
+        }
+    };
+    put(0, year, 4);
+    put(5, i64::from(month), 2);
+    put(8, i64::from(day), 2);
+    put(11, in_day / HOUR_MS, 2);
+    put(14, in_day % HOUR_MS / MINUTE_MS, 2);
+    put(17, in_day % MINUTE_MS / SECOND_MS, 2);
+    put(20, in_day % SECOND_MS, 3);
+    buffer[4] = b'-';
+    buffer[7] = b'-';
+    buffer[10] = b'T';
+    buffer[13] = b':';
+    buffer[16] = b':';
+    buffer[19] = b'.';
+    buffer[23] = b'Z';
+    Some(std::str::from_utf8(buffer).expect("ASCII digits and separators"))
 }
 
 /// A calendar month in UTC, counted from year 0: `year * 12 + (month - 1)`.
@@ -196,7 +236,11 @@ pub struct Ts(pub Millis);
 
 impl serde::Serialize for Ts {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&format_millis(self.0))
+        let mut buffer = [0u8; 24];
+        match format_millis_into(self.0, &mut buffer) {
+            Some(text) => serializer.serialize_str(text),
+            None => serializer.serialize_str(&format_millis(self.0)),
+        }
     }
 }
 
@@ -246,6 +290,8 @@ mod tests {
         assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0));
         assert_eq!(parse_rfc3339("1969-12-31T23:59:59.999Z"), Some(-1));
         assert_eq!(format_millis(-1), "1969-12-31T23:59:59.999Z");
+        assert_eq!(format_millis(parse_rfc3339("9999-12-31T23:59:59.999Z").unwrap() + 1), "10000-01-01T00:00:00.000Z");
+        assert_eq!(format_millis(-62_167_219_200_001), "-001-12-31T23:59:59.999Z");
     }
 
     #[test]

@@ -19,21 +19,28 @@ const TIME_FIELDS: [&str; 6] = ["time", "effective_at", "expires_at", "effective
 /// Digest of a CloudEvent: the canonical walk, with the known time fields
 /// (top-level `time`, and those of `data`) fed as parsed instants.
 pub fn digest(value: &serde_json::Value) -> Digest {
-    let mut hasher = Sha256::new();
-    feed_event(&mut hasher, value, 0);
-    hasher.finalize().into()
+    // The canonical form is written to a buffer and hashed once: many small
+    // hasher updates cost more than the copy.
+    thread_local! {
+        static BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    BUFFER.with(|buffer| {
+        let mut buffer = buffer.borrow_mut();
+        buffer.clear();
+        feed_event(&mut buffer, value, 0);
+        Sha256::digest(buffer.as_slice()).into()
+    })
 }
 
-fn feed_event(hasher: &mut Sha256, value: &serde_json::Value, depth: u8) {
+fn feed_event(hasher: &mut Vec<u8>, value: &serde_json::Value, depth: u8) {
     let serde_json::Value::Object(members) = value else {
         feed(hasher, value);
         return;
     };
-    let mut sorted: Vec<_> = members.iter().collect();
-    sorted.sort_unstable_by(|left, right| left.0.as_bytes().cmp(right.0.as_bytes()));
-    hasher.update(b"{");
-    hasher.update((sorted.len() as u64).to_be_bytes());
-    for (key, member) in sorted {
+    // serde_json's map is a BTreeMap: members come sorted by key bytes.
+    hasher.extend_from_slice(b"{");
+    hasher.extend_from_slice(&(members.len() as u64).to_be_bytes());
+    for (key, member) in members {
         feed_bytes(hasher, b'k', key.as_bytes());
         let instant = match member {
             serde_json::Value::String(text) if TIME_FIELDS.contains(&key.as_str()) && (depth == 1 || key == "time") => {
@@ -49,33 +56,31 @@ fn feed_event(hasher: &mut Sha256, value: &serde_json::Value, depth: u8) {
     }
 }
 
-fn feed_bytes(hasher: &mut Sha256, tag: u8, bytes: &[u8]) {
-    hasher.update([tag]);
-    hasher.update((bytes.len() as u64).to_be_bytes());
-    hasher.update(bytes);
+fn feed_bytes(hasher: &mut Vec<u8>, tag: u8, bytes: &[u8]) {
+    hasher.push(tag);
+    hasher.extend_from_slice(&(bytes.len() as u64).to_be_bytes());
+    hasher.extend_from_slice(bytes);
 }
 
-fn feed(hasher: &mut Sha256, value: &serde_json::Value) {
+fn feed(hasher: &mut Vec<u8>, value: &serde_json::Value) {
     use serde_json::Value;
     match value {
-        Value::Null => hasher.update(b"n"),
-        Value::Bool(true) => hasher.update(b"t"),
-        Value::Bool(false) => hasher.update(b"f"),
-        Value::Number(number) => feed_bytes(hasher, b'N', exact_decimal(&number.to_string()).as_bytes()),
+        Value::Null => hasher.push(b'n'),
+        Value::Bool(true) => hasher.push(b't'),
+        Value::Bool(false) => hasher.push(b'f'),
+        Value::Number(number) => feed_bytes(hasher, b'N', exact_decimal(number.as_str()).as_bytes()),
         Value::String(text) => feed_bytes(hasher, b's', text.as_bytes()),
         Value::Array(items) => {
-            hasher.update(b"[");
-            hasher.update((items.len() as u64).to_be_bytes());
+            hasher.push(b'[');
+            hasher.extend_from_slice(&(items.len() as u64).to_be_bytes());
             for item in items {
                 feed(hasher, item);
             }
         }
         Value::Object(members) => {
-            let mut sorted: Vec<_> = members.iter().collect();
-            sorted.sort_unstable_by(|left, right| left.0.as_bytes().cmp(right.0.as_bytes()));
-            hasher.update(b"{");
-            hasher.update((sorted.len() as u64).to_be_bytes());
-            for (key, member) in sorted {
+            hasher.push(b'{');
+            hasher.extend_from_slice(&(members.len() as u64).to_be_bytes());
+            for (key, member) in members {
                 feed_bytes(hasher, b'k', key.as_bytes());
                 feed(hasher, member);
             }

@@ -197,8 +197,8 @@ impl Task {
                     }
                     startup.duplicates_dropped += 1;
                     self.stats.duplicates_dropped += 1;
-                    self.changes.startups.insert(startup_id.to_owned());
-                    self.changes.balances.insert(startup_id.to_owned());
+                    self.changes.startup(startup_id);
+                    self.changes.balance(startup_id);
                     return Ok(());
                 }
             }
@@ -216,9 +216,8 @@ impl Task {
             startup.clock = event.time;
             forget_old_usage(startup, &self.config, &mut self.changes);
         }
-        self.changes.startups.insert(startup_id.to_owned());
-        let only_this = BTreeSet::from([startup_id.to_owned()]);
-        self.fire_due_effects(&only_this, outputs);
+        self.changes.startup(startup_id);
+        self.fire_due_effects_of(startup_id, outputs);
 
         let startup = self.state.startups.get_mut(startup_id).expect("created above");
         let applied = rules::apply(startup, &self.state.rates, topic, event, outputs, &mut self.stats);
@@ -228,11 +227,19 @@ impl Task {
         if is_usage {
             startup.dedup.usage_by_time.insert((event.time, identity));
         }
-        self.changes.identities.insert((startup_id.to_owned(), identity), Some(remembered));
-        self.changes.balances.insert(startup_id.to_owned());
+        self.changes.identity(startup_id, identity, Some(remembered));
+        self.changes.balance(startup_id);
         // Effects that applying it made due (a grant already past its expiry).
-        self.fire_due_effects(&only_this, outputs);
+        self.fire_due_effects_of(startup_id, outputs);
         Ok(())
+    }
+
+    /// [`Task::fire_due_effects`] for one start-up, without allocating when
+    /// nothing is due (the common case, checked on every event).
+    fn fire_due_effects_of(&mut self, startup_id: &str, outputs: &mut Vec<Output>) {
+        if rules::next_effect(&self.state.startups[startup_id], &self.config).is_some() {
+            self.fire_due_effects(&BTreeSet::from([startup_id.to_owned()]), outputs);
+        }
     }
 
     /// Fires every effect due at or before each start-up's clock, in order
@@ -249,9 +256,9 @@ impl Task {
             let startup = self.state.startups.get_mut(&id).expect("effects come from known start-ups");
             let effect = rules::Effect { due, kind, target };
             if rules::fire(startup, &effect, &self.config, outputs) {
-                self.changes.balances.insert(id.clone());
+                self.changes.balance(&id);
             }
-            self.changes.startups.insert(id.clone());
+            self.changes.startup(&id);
             if let Some(next) = rules::next_effect(startup, &self.config) {
                 queue.insert((next.due, next.kind, id, next.target));
             }
@@ -311,7 +318,7 @@ fn forget_old_usage(startup: &mut Startup, config: &FoldConfig, changes: &mut Ch
         }
         startup.dedup.usage_by_time.pop_first();
         startup.dedup.remembered.remove(&identity);
-        changes.identities.insert((startup.id.clone(), identity), None);
+        changes.identity(&startup.id, identity, None);
     }
 }
 

@@ -39,24 +39,26 @@ pub struct Effect {
 }
 
 /// The start-up's first effect due at or before its clock, if any,
-/// ordered by (due time, kind, grant id or month).
+/// ordered by (due time, kind, grant id). Allocates only when one is due.
 pub fn next_effect(startup: &Startup, config: &FoldConfig) -> Option<Effect> {
+    let clock = startup.clock;
     let mut best: Option<(Millis, EffectKind, &str)> = None;
-    let mut candidates: Vec<(Millis, EffectKind, &str)> = Vec::new();
     for grant in startup.grants.values().filter(|grant| grant.is_open()) {
         let Some(expires_at) = grant.expires_at else { continue };
-        if grant.expiring_alerted_for != Some(expires_at) {
-            candidates.push((expires_at.saturating_sub(EXPIRING_NOTICE), EffectKind::ExpiringAlert, &grant.grant_id));
+        let alert = (grant.expiring_alerted_for != Some(expires_at))
+            .then(|| (expires_at.saturating_sub(EXPIRING_NOTICE), EffectKind::ExpiringAlert, grant.grant_id.as_str()));
+        let expiry = Some((expires_at.saturating_add(config.expiry_grace), EffectKind::Expiry, grant.grant_id.as_str()));
+        for candidate in [alert, expiry].into_iter().flatten() {
+            if candidate.0 <= clock && best.is_none_or(|current| candidate < current) {
+                best = Some(candidate);
+            }
         }
-        candidates.push((expires_at.saturating_add(config.expiry_grace), EffectKind::Expiry, &grant.grant_id));
     }
-    let close_month = startup.book.next_to_close().map(|month| (month, month.to_string()));
-    if let Some((month, text)) = &close_month {
-        candidates.push((month.next().start().saturating_add(config.close_grace), EffectKind::Close, text));
-    }
-    for candidate in candidates {
-        if candidate.0 <= startup.clock && best.is_none_or(|current| candidate < current) {
-            best = Some(candidate);
+    // A close is the only effect of its kind: its target never decides.
+    if let Some(month) = startup.book.next_to_close() {
+        let due = month.next().start().saturating_add(config.close_grace);
+        if due <= clock && best.is_none_or(|current| (due, EffectKind::Close) < (current.0, current.1)) {
+            return Some(Effect { due, kind: EffectKind::Close, target: month.to_string() });
         }
     }
     best.map(|(due, kind, target)| Effect { due, kind, target: target.to_owned() })

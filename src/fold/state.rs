@@ -15,6 +15,30 @@ use crate::units::{Millis, Month};
 /// RocksDB keys and memory; a collision needs ~2^64 identities.
 pub type IdentityKey = [u8; 16];
 
+/// Identity keys are SHA-256 output already: hashing them again (SipHash)
+/// is wasted work on the hottest map, so the map uses their first 8 bytes.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PrehashedKey(u64);
+
+impl std::hash::Hasher for PrehashedKey {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = self.0.rotate_left(29) ^ u64::from_le_bytes(word);
+        }
+    }
+
+    /// The slice length prefix carries no information (always 16).
+    fn write_usize(&mut self, _length: usize) {}
+}
+
+pub type IdentityMap<V> = HashMap<IdentityKey, V, std::hash::BuildHasherDefault<PrehashedKey>>;
+
 pub fn identity_key(topic: Topic, startup: &str, source: &str, id: &str) -> IdentityKey {
     let mut hasher = Sha256::new();
     for part in [topic.name(), startup, source, id] {
@@ -162,7 +186,7 @@ pub struct Remembered {
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Dedup {
-    pub remembered: HashMap<IdentityKey, Remembered>,
+    pub remembered: IdentityMap<Remembered>,
     /// Usage identities by event time, to forget them in order.
     pub usage_by_time: BTreeSet<(Millis, IdentityKey)>,
 }
@@ -223,7 +247,7 @@ pub fn rate_key_text(key: &RateKey) -> String {
 pub struct RateBook {
     pub cards: BTreeMap<RateKey, BTreeMap<Millis, RateCard>>,
     /// Identities (source, id) of accepted rates, kept forever.
-    pub remembered: HashMap<IdentityKey, Digest>,
+    pub remembered: IdentityMap<Digest>,
     pub duplicates_dropped: u64,
 }
 
@@ -248,14 +272,38 @@ pub struct Changes {
     pub startups: BTreeSet<String>,
     /// Start-ups whose balance figures changed (they get a balances record).
     pub balances: BTreeSet<String>,
-    /// Dedup identities remembered (`Some`) or forgotten (`None`).
-    pub identities: BTreeMap<(String, IdentityKey), Option<Remembered>>,
+    /// Dedup identities remembered (`Some`) or forgotten (`None`), per
+    /// start-up, in the order it happened (a later change wins).
+    pub identities: BTreeMap<String, Vec<(IdentityKey, Option<Remembered>)>>,
     pub rate_cards: BTreeSet<(RateKey, Millis)>,
     pub rate_identities: BTreeMap<IdentityKey, Digest>,
     pub task_meta: bool,
 }
 
 impl Changes {
+    /// Notes that a start-up's record changed (no allocation when known).
+    pub fn startup(&mut self, id: &str) {
+        if !self.startups.contains(id) {
+            self.startups.insert(id.to_owned());
+        }
+    }
+
+    /// Notes that a start-up's balance figures changed.
+    pub fn balance(&mut self, id: &str) {
+        if !self.balances.contains(id) {
+            self.balances.insert(id.to_owned());
+        }
+    }
+
+    pub fn identity(&mut self, startup: &str, identity: IdentityKey, remembered: Option<Remembered>) {
+        match self.identities.get_mut(startup) {
+            Some(list) => list.push((identity, remembered)),
+            None => {
+                self.identities.insert(startup.to_owned(), vec![(identity, remembered)]);
+            }
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.startups.is_empty()
             && self.identities.is_empty()

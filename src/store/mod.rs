@@ -87,12 +87,14 @@ pub fn commit_ops(state: &TaskState, changes: &Changes) -> Vec<Op> {
             put(&mut ops, Column::Deals, columns::child_key(partition, id, deal_id), json(deal));
         }
     }
-    for ((startup, identity), remembered) in &changes.identities {
-        ops.push(Op {
-            column: Column::Dedup,
-            key: columns::dedup_key(partition, startup, identity),
-            value: remembered.as_ref().map(columns::encode_remembered),
-        });
+    for (startup, list) in &changes.identities {
+        for (identity, remembered) in list {
+            ops.push(Op {
+                column: Column::Dedup,
+                key: columns::dedup_key(partition, startup, identity),
+                value: remembered.as_ref().map(columns::encode_remembered),
+            });
+        }
     }
     for ((gpu_model, region, tier), effective_from) in &changes.rate_cards {
         let key = (gpu_model.clone(), region.clone(), *tier);
