@@ -5,7 +5,7 @@
 set -euo pipefail
 
 missing=()
-for package in libclang-dev clang g++ make; do
+for package in libclang-dev g++ make; do
   dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
 done
 if ((${#missing[@]})); then
