@@ -66,10 +66,14 @@ pub fn audit(dir: &Path, partial: bool) -> crate::Result<AuditReport> {
     read_jsonl(&dir.join("journal.jsonl"), |entry: JournalEntry| {
         report.journal_entries += 1;
         if entry.amount <= 0 || entry.debit == entry.credit {
-            report.violation(format!("journal entry {} does not balance: {} {} / {}", entry.entry_id, entry.amount, entry.debit, entry.credit));
+            report.violation(format!(
+                "journal entry {} does not balance: {} {} / {}",
+                entry.entry_id, entry.amount, entry.debit, entry.credit
+            ));
         }
         let position_ok = (0..64).any(|position: u32| {
-            identity_hash(&[&entry.topic, &entry.startup, &entry.source, &entry.id, &position.to_string()]) == entry.entry_id
+            identity_hash(&[&entry.topic, &entry.startup, &entry.source, &entry.id, &position.to_string()])
+                == entry.entry_id
         });
         if !position_ok {
             report.violation(format!("journal entry {} is not the hash of its identity", entry.entry_id));
@@ -80,7 +84,8 @@ pub fn audit(dir: &Path, partial: bool) -> crate::Result<AuditReport> {
         let totals = per_currency.entry(entry.currency.clone()).or_default();
         totals.0 += i128::from(entry.amount);
         totals.1 += i128::from(entry.amount);
-        *accounts.entry((entry.startup.clone(), entry.currency.clone(), entry.credit.clone())).or_default() += i128::from(entry.amount);
+        *accounts.entry((entry.startup.clone(), entry.currency.clone(), entry.credit.clone())).or_default() +=
+            i128::from(entry.amount);
         *accounts.entry((entry.startup, entry.currency, entry.debit)).or_default() -= i128::from(entry.amount);
     })?;
     for (currency, (debits, credits)) in &per_currency {
@@ -95,7 +100,10 @@ pub fn audit(dir: &Path, partial: bool) -> crate::Result<AuditReport> {
         report.usage_records += 1;
         let drawn: i128 = usage.draws.iter().map(|draw| i128::from(draw.face)).sum();
         if i128::from(usage.cost) != drawn + i128::from(usage.overage) {
-            report.violation(format!("usage {}/{}: cost {} != draws {drawn} + overage {}", usage.source, usage.id, usage.cost, usage.overage));
+            report.violation(format!(
+                "usage {}/{}: cost {} != draws {drawn} + overage {}",
+                usage.source, usage.id, usage.cost, usage.overage
+            ));
         }
         if !usage_ids.insert((usage.startup.clone(), usage.source.clone(), usage.id.clone(), usage.time)) {
             report.violation(format!("usage {}/{} of {} occurs twice", usage.source, usage.id, usage.startup));
@@ -113,19 +121,33 @@ pub fn audit(dir: &Path, partial: bool) -> crate::Result<AuditReport> {
         for block in &statement.currencies {
             let figures = &block.figures;
             if block.closing_remaining_face != block.opening_remaining_face + figures.remaining_face_change()
-                || block.closing_contract_liability != block.opening_contract_liability + figures.contract_liability_change()
+                || block.closing_contract_liability
+                    != block.opening_contract_liability + figures.contract_liability_change()
             {
-                report.violation(format!("statement {} {} {}: closing != opening + flows", statement.startup, statement.period, block.currency));
+                report.violation(format!(
+                    "statement {} {} {}: closing != opening + flows",
+                    statement.startup, statement.period, block.currency
+                ));
             }
             let key = (statement.startup.clone(), block.currency.clone());
             if let Some((month, remaining, liability)) = last_closing.get(&key) {
-                if month.next() != statement.period || *remaining != block.opening_remaining_face || *liability != block.opening_contract_liability {
-                    report.violation(format!("statement {} {} {}: does not follow {month}", statement.startup, statement.period, block.currency));
+                if month.next() != statement.period
+                    || *remaining != block.opening_remaining_face
+                    || *liability != block.opening_contract_liability
+                {
+                    report.violation(format!(
+                        "statement {} {} {}: does not follow {month}",
+                        statement.startup, statement.period, block.currency
+                    ));
                 }
             } else if !partial && (block.opening_remaining_face != 0 || block.opening_contract_liability != 0) {
-                report.violation(format!("statement {} {} {}: first statement opens non-zero", statement.startup, statement.period, block.currency));
+                report.violation(format!(
+                    "statement {} {} {}: first statement opens non-zero",
+                    statement.startup, statement.period, block.currency
+                ));
             }
-            last_closing.insert(key, (statement.period, block.closing_remaining_face, block.closing_contract_liability));
+            last_closing
+                .insert(key, (statement.period, block.closing_remaining_face, block.closing_contract_liability));
         }
     })?;
 
@@ -138,7 +160,8 @@ pub fn audit(dir: &Path, partial: bool) -> crate::Result<AuditReport> {
     let mut dead_letter_ids = BTreeSet::new();
     read_jsonl(&dir.join("dead-letter.jsonl"), |letter: DeadLetter| {
         if !dead_letter_ids.insert((letter.topic.clone(), letter.partition, letter.offset)) {
-            report.violation(format!("dead letter {}/{}/{} occurs twice", letter.topic, letter.partition, letter.offset));
+            report
+                .violation(format!("dead letter {}/{}/{} occurs twice", letter.topic, letter.partition, letter.offset));
         }
     })?;
 
@@ -150,7 +173,13 @@ pub fn audit(dir: &Path, partial: bool) -> crate::Result<AuditReport> {
     Ok(report)
 }
 
-fn audit_balances(report: &mut AuditReport, balance: &Balances, accounts: &AccountSums, usage_cost: &BTreeMap<(String, String), i128>, partial: bool) {
+fn audit_balances(
+    report: &mut AuditReport,
+    balance: &Balances,
+    accounts: &AccountSums,
+    usage_cost: &BTreeMap<(String, String), i128>,
+    partial: bool,
+) {
     for currency in &balance.currencies {
         let place = format!("{} {}", balance.startup, currency.currency);
         let mut liability = 0i128;
@@ -158,23 +187,34 @@ fn audit_balances(report: &mut AuditReport, balance: &Balances, accounts: &Accou
             report.grants += 1;
             let parts = grant.consumed_face + grant.expired_face + grant.revoked_face + grant.remaining_face;
             if grant.face != parts {
-                report.violation(format!("{place} grant {}: face {} != consumed + expired + revoked + remaining {parts}", grant.grant_id, grant.face));
+                report.violation(format!(
+                    "{place} grant {}: face {} != consumed + expired + revoked + remaining {parts}",
+                    grant.grant_id, grant.face
+                ));
             }
             let recognized = grant.revenue_compute + grant.revenue_breakage + grant.revocation_reversal;
             if grant.state != "open" && recognized != grant.transaction_price {
-                report.violation(format!("{place} grant {}: final, revenue + breakage + reversal {recognized} != price {}", grant.grant_id, grant.transaction_price));
+                report.violation(format!(
+                    "{place} grant {}: final, revenue + breakage + reversal {recognized} != price {}",
+                    grant.grant_id, grant.transaction_price
+                ));
             }
             if grant.state == "open" {
                 liability += i128::from(grant.transaction_price - grant.revenue_compute);
             }
         }
         if liability != i128::from(currency.contract_liability) {
-            report.violation(format!("{place}: contract_liability {} != sum over open grants {liability}", currency.contract_liability));
+            report.violation(format!(
+                "{place}: contract_liability {} != sum over open grants {liability}",
+                currency.contract_liability
+            ));
         }
         if partial {
             continue;
         }
-        let account = |name: &str| accounts.get(&(balance.startup.clone(), currency.currency.clone(), name.to_owned())).copied().unwrap_or(0);
+        let account = |name: &str| {
+            accounts.get(&(balance.startup.clone(), currency.currency.clone(), name.to_owned())).copied().unwrap_or(0)
+        };
         for (name, expected) in [
             ("contract_liability", currency.contract_liability),
             ("revenue_compute", currency.revenue_compute),
@@ -187,7 +227,8 @@ fn audit_balances(report: &mut AuditReport, balance: &Balances, accounts: &Accou
         }
         let cost = usage_cost.get(&(balance.startup.clone(), currency.currency.clone())).copied().unwrap_or(0);
         if cost != i128::from(currency.usage_cost) {
-            report.violation(format!("{place}: usage-rated cost {cost} != balances usage_cost {}", currency.usage_cost));
+            report
+                .violation(format!("{place}: usage-rated cost {cost} != balances usage_cost {}", currency.usage_cost));
         }
     }
 }

@@ -125,7 +125,11 @@ impl Cursor {
                 Err(_) => (None, false),
             };
             // Rates are one partition, read whole by every task.
-            let target = if self.topic == Topic::Rates { Some(0) } else { route(self.topic, key.as_deref(), tick, self.partitions) };
+            let target = if self.topic == Topic::Rates {
+                Some(0)
+            } else {
+                route(self.topic, key.as_deref(), tick, self.partitions)
+            };
             if self.topic != Topic::Rates && target.is_some_and(|target| target != self.partition) {
                 continue;
             }
@@ -193,7 +197,9 @@ impl OutputFiles {
 
 pub fn run(options: &BatchOptions) -> crate::Result<BatchSummary> {
     anyhow::ensure!(options.partitions >= 1, "--partitions must be at least 1");
-    for (path, topic) in [(&options.rates, Topic::Rates), (&options.deals, Topic::Deals), (&options.metering, Topic::Metering)] {
+    for (path, topic) in
+        [(&options.rates, Topic::Rates), (&options.deals, Topic::Deals), (&options.metering, Topic::Metering)]
+    {
         anyhow::ensure!(path.is_file(), "{} input {} is not a readable file", topic.name(), path.display());
     }
     let mut store: Option<RocksStore> = match &options.state_dir {
@@ -311,7 +317,11 @@ pub fn balance_table(balances: &[Balances]) -> String {
             }
             grouped.push(digit);
         }
-        if micros < 0 { format!("-{grouped}") } else { grouped }
+        if micros < 0 {
+            format!("-{grouped}")
+        } else {
+            grouped
+        }
     };
     let mut table = String::new();
     let _ = writeln!(

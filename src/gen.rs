@@ -151,7 +151,10 @@ fn seconds_to_ms(text: &str) -> Option<Millis> {
     let whole: i64 = whole.parse().ok()?;
     let mut millis = 0i64;
     for position in 0..3 {
-        let digit = fraction.as_bytes().get(position).map_or(Some(0), |byte| byte.is_ascii_digit().then(|| i64::from(byte - b'0')))?;
+        let digit = fraction
+            .as_bytes()
+            .get(position)
+            .map_or(Some(0), |byte| byte.is_ascii_digit().then(|| i64::from(byte - b'0')))?;
         millis = millis * 10 + digit;
     }
     Some(whole * 1000 + millis)
@@ -182,11 +185,17 @@ fn read_trace(path: &Path, limit: Option<usize>, shift: Millis) -> crate::Result
         let start = parse_rfc3339(&format!("{}Z", fields[0].replacen(' ', "T", 1))).ok_or_else(bad)?;
         let duration = seconds_to_ms(fields[1]).ok_or_else(bad)?.max(1000);
         let gpus: i64 = fields[2].parse().map_err(|_| bad())?;
-        jobs.push(Job { tenant: fields[4].to_owned(), start: start + shift, end: start + shift + duration, gpus: gpus.max(1) });
+        jobs.push(Job {
+            tenant: fields[4].to_owned(),
+            start: start + shift,
+            end: start + shift + duration,
+            gpus: gpus.max(1),
+        });
     }
     Ok(jobs)
 }
 
+#[allow(clippy::too_many_arguments)] // one line of JSON, one argument per field
 fn usage_json(
     startup: &str,
     id: &str,
@@ -241,7 +250,8 @@ pub fn generate(options: &GenOptions) -> crate::Result<GenSummary> {
     let mut ranked: Vec<(&str, i128)> = gpu_ms.into_iter().collect();
     ranked.sort_by(|left, right| right.1.cmp(&left.1).then(left.0.cmp(right.0)));
     anyhow::ensure!(ranked.len() <= STARTUP_NAMES.len(), "the trace has more than {} tenants", STARTUP_NAMES.len());
-    let tenant_index: BTreeMap<&str, usize> = ranked.iter().enumerate().map(|(index, (tenant, _))| (*tenant, index)).collect();
+    let tenant_index: BTreeMap<&str, usize> =
+        ranked.iter().enumerate().map(|(index, (tenant, _))| (*tenant, index)).collect();
 
     let trace_start = jobs.iter().map(|job| job.start).min().expect("non-empty");
     let day0 = trace_start - trace_start.rem_euclid(DAY_MS);
@@ -260,7 +270,10 @@ pub fn generate(options: &GenOptions) -> crate::Result<GenSummary> {
         job_tiers.push(tier);
         let tenant = tenant_index[job.tenant.as_str()];
         let model = gpu_model_for(job.gpus);
-        expected_cost[tenant] += i128::from(job.gpus) * i128::from(job.end - job.start) * i128::from(card_price(model, tenant % 2, tier, false)) / i128::from(HOUR_MS);
+        expected_cost[tenant] += i128::from(job.gpus)
+            * i128::from(job.end - job.start)
+            * i128::from(card_price(model, tenant % 2, tier, false))
+            / i128::from(HOUR_MS);
         let mut slice_start = job.start;
         let mut number = 0u32;
         while slice_start < job.end {
@@ -296,18 +309,27 @@ pub fn generate(options: &GenOptions) -> crate::Result<GenSummary> {
     for model in GPU_MODELS {
         for region in 0..2 {
             for tier in 0..3 {
-                rates.push((day0 - 30 * DAY_MS, rate_line(model, region, tier, day0 - 30 * DAY_MS, day0 - 30 * DAY_MS, 1)));
+                rates.push((
+                    day0 - 30 * DAY_MS,
+                    rate_line(model, region, tier, day0 - 30 * DAY_MS, day0 - 30 * DAY_MS, 1),
+                ));
             }
         }
     }
     let duplicate_rate = rates[0].1.clone();
     rates.push((day0 - 29 * DAY_MS, duplicate_rate.clone()));
-    rates.push((day0 - 29 * DAY_MS, duplicate_rate.replace("\"price_per_gpu_hour\":", "\"price_per_gpu_hour\":1").replace("-v1\"", "-v1\"")));
-    rates.push((day0 - 29 * DAY_MS, rate_line("H800", 0, 0, day0, day0 - 29 * DAY_MS, 9).replace("\"on_demand\"", "\"premium\"")));
+    rates.push((day0 - 29 * DAY_MS, duplicate_rate.replace("\"price_per_gpu_hour\":", "\"price_per_gpu_hour\":1")));
+    rates.push((
+        day0 - 29 * DAY_MS,
+        rate_line("H800", 0, 0, day0, day0 - 29 * DAY_MS, 9).replace("\"on_demand\"", "\"premium\""),
+    ));
     for model in GPU_MODELS {
         for region in 0..2 {
             for tier in 0..3 {
-                rates.push((price_change - 7 * DAY_MS, rate_line(model, region, tier, price_change, price_change - 7 * DAY_MS, 2)));
+                rates.push((
+                    price_change - 7 * DAY_MS,
+                    rate_line(model, region, tier, price_change, price_change - 7 * DAY_MS, 2),
+                ));
             }
         }
     }
@@ -335,11 +357,27 @@ pub fn generate(options: &GenOptions) -> crate::Result<GenSummary> {
                 ts(effective), ts(expires)
             )
         };
-        deals.push((signed + MINUTE_MS, deal_event(&format!("{deal_id}-t1"), "gpuledger.credit.granted", startup, signed + MINUTE_MS,
-            &grant(&format!("{startup}-t1"), first, day0, at_permille(450), 40, false))));
+        deals.push((
+            signed + MINUTE_MS,
+            deal_event(
+                &format!("{deal_id}-t1"),
+                "gpuledger.credit.granted",
+                startup,
+                signed + MINUTE_MS,
+                &grant(&format!("{startup}-t1"), first, day0, at_permille(450), 40, false),
+            ),
+        ));
         let release = at_permille(250) + index as i64 * HOUR_MS;
-        deals.push((release, deal_event(&format!("{deal_id}-t2"), "gpuledger.credit.granted", startup, release,
-            &grant(&format!("{startup}-t2"), face - first, release, at_permille(900), 60, true))));
+        deals.push((
+            release,
+            deal_event(
+                &format!("{deal_id}-t2"),
+                "gpuledger.credit.granted",
+                startup,
+                release,
+                &grant(&format!("{startup}-t2"), face - first, release, at_permille(900), 60, true),
+            ),
+        ));
         match index {
             0 => {
                 let at = day0 + HOUR_MS;
@@ -355,18 +393,44 @@ pub fn generate(options: &GenOptions) -> crate::Result<GenSummary> {
             }
             2 => {
                 let at = at_permille(400);
-                deals.push((at, deal_event("extend-t1", "gpuledger.grant.extended", startup, at, &format!(
-                    "{{\"grant_id\":\"{startup}-t1\",\"expires_at\":\"{}\"}}", ts(at_permille(650))))));
+                deals.push((
+                    at,
+                    deal_event(
+                        "extend-t1",
+                        "gpuledger.grant.extended",
+                        startup,
+                        at,
+                        &format!("{{\"grant_id\":\"{startup}-t1\",\"expires_at\":\"{}\"}}", ts(at_permille(650))),
+                    ),
+                ));
             }
             3 => {
                 let at = at_permille(600);
-                deals.push((at, deal_event("revoke-t2", "gpuledger.grant.revoked", startup, at, &format!("{{\"grant_id\":\"{startup}-t2\"}}"))));
+                deals.push((
+                    at,
+                    deal_event(
+                        "revoke-t2",
+                        "gpuledger.grant.revoked",
+                        startup,
+                        at,
+                        &format!("{{\"grant_id\":\"{startup}-t2\"}}"),
+                    ),
+                ));
             }
             _ => {}
         }
         if index + 1 == ranked.len() && index > 3 {
             let at = at_permille(120);
-            deals.push((at, deal_event("cancel-1", "gpuledger.deal.cancelled", startup, at, &format!("{{\"deal_id\":\"{deal_id}\"}}"))));
+            deals.push((
+                at,
+                deal_event(
+                    "cancel-1",
+                    "gpuledger.deal.cancelled",
+                    startup,
+                    at,
+                    &format!("{{\"deal_id\":\"{deal_id}\"}}"),
+                ),
+            ));
         }
     }
     // Bad deal records, one of each business reason and some decoding ones.
@@ -392,7 +456,10 @@ pub fn generate(options: &GenOptions) -> crate::Result<GenSummary> {
 
     // Metering.
     let meter_path = options.out.join("metering.jsonl");
-    let mut meter = BufWriter::with_capacity(1 << 20, File::create(&meter_path).with_context(|| format!("creating {}", meter_path.display()))?);
+    let mut meter = BufWriter::with_capacity(
+        1 << 20,
+        File::create(&meter_path).with_context(|| format!("creating {}", meter_path.display()))?,
+    );
     let mut next_tick = day0 + HOUR_MS;
     let mut delayed: Vec<(usize, String)> = Vec::new();
     let mut line = String::with_capacity(512);
@@ -412,7 +479,18 @@ pub fn generate(options: &GenOptions) -> crate::Result<GenSummary> {
         let started = job.start + i64::from(number) * options.slice;
         let job_id = format!("job-{job_index:06}");
         line.clear();
-        line.push_str(&usage_json(startup, &format!("{job_id}-{number}"), region, gpu_model_for(job.gpus), TIERS[job_tiers[job_index as usize]], job.gpus, started, ended, &job.tenant, &job_id));
+        line.push_str(&usage_json(
+            startup,
+            &format!("{job_id}-{number}"),
+            region,
+            gpu_model_for(job.gpus),
+            TIERS[job_tiers[job_index as usize]],
+            job.gpus,
+            started,
+            ended,
+            &job.tenant,
+            &job_id,
+        ));
         summary.usage_events += 1;
         if random.chance(1_000) {
             // Late: published 50–500 events after its time.
@@ -434,13 +512,58 @@ pub fn generate(options: &GenOptions) -> crate::Result<GenSummary> {
             let kind = position / bad_every;
             let id = format!("bad-{kind}-{job_id}");
             let bad = match kind % 8 {
-                0 => line.replacen(&format!("\"{job_id}-{number}\""), &format!("\"{id}\""), 1).replacen("\"tier\":\"", "\"tier\":\"x", 1),
-                1 => line.replacen(&format!("\"{job_id}-{number}\""), &format!("\"{id}\""), 1).replacen(&format!("\"gpu_count\":{}", job.gpus), "\"gpu_count\":0", 1),
-                2 => usage_json(startup, &id, region, "V100", "on_demand", 1, ended - 10 * MINUTE_MS, ended, &job.tenant, &job_id),
-                3 => usage_json(startup, &id, region, "L20", "on_demand", 1, ended - 41 * DAY_MS, ended - 40 * DAY_MS, &job.tenant, &job_id),
+                0 => line.replacen(&format!("\"{job_id}-{number}\""), &format!("\"{id}\""), 1).replacen(
+                    "\"tier\":\"",
+                    "\"tier\":\"x",
+                    1,
+                ),
+                1 => line.replacen(&format!("\"{job_id}-{number}\""), &format!("\"{id}\""), 1).replacen(
+                    &format!("\"gpu_count\":{}", job.gpus),
+                    "\"gpu_count\":0",
+                    1,
+                ),
+                2 => usage_json(
+                    startup,
+                    &id,
+                    region,
+                    "V100",
+                    "on_demand",
+                    1,
+                    ended - 10 * MINUTE_MS,
+                    ended,
+                    &job.tenant,
+                    &job_id,
+                ),
+                3 => usage_json(
+                    startup,
+                    &id,
+                    region,
+                    "L20",
+                    "on_demand",
+                    1,
+                    ended - 41 * DAY_MS,
+                    ended - 40 * DAY_MS,
+                    &job.tenant,
+                    &job_id,
+                ),
                 4 => line[..line.len() / 2].to_owned(),
-                5 => line.replacen("gpuledger.gpu.usage", "gpuledger.gpu.usage.v2", 1).replacen(&format!("\"{job_id}-{number}\""), &format!("\"{id}\""), 1),
-                6 => usage_json(startup, &id, region, "L20", "on_demand", 1, ended + 3 * DAY_MS, ended + 3 * DAY_MS + MINUTE_MS, &job.tenant, &job_id),
+                5 => line.replacen("gpuledger.gpu.usage", "gpuledger.gpu.usage.v2", 1).replacen(
+                    &format!("\"{job_id}-{number}\""),
+                    &format!("\"{id}\""),
+                    1,
+                ),
+                6 => usage_json(
+                    startup,
+                    &id,
+                    region,
+                    "L20",
+                    "on_demand",
+                    1,
+                    ended + 3 * DAY_MS,
+                    ended + 3 * DAY_MS + MINUTE_MS,
+                    &job.tenant,
+                    &job_id,
+                ),
                 _ => match &recent {
                     Some(previous) => previous.replacen("\"gpu_count\":", "\"gpu_count\":10", 1),
                     None => line.replacen("philly-meter", "gpuledger:meter", 1),
@@ -472,11 +595,26 @@ pub fn generate(options: &GenOptions) -> crate::Result<GenSummary> {
     summary.deal_lines = write_lines("deals.jsonl", &deals)?;
     let mut attribution = String::new();
     writeln!(attribution, "# Attribution\n")?;
-    writeln!(attribution, "These files were generated by `gpuledger gen` (seed {}, slice {} ms, {} jobs) from the", options.seed, options.slice, jobs.len())?;
+    writeln!(
+        attribution,
+        "These files were generated by `gpuledger gen` (seed {}, slice {} ms, {} jobs) from the",
+        options.seed,
+        options.slice,
+        jobs.len()
+    )?;
     writeln!(attribution, "Microsoft Philly GPU cluster trace, licensed CC-BY-4.0:\n")?;
-    writeln!(attribution, "> Myeongjae Jeon, Shivaram Venkataraman, Amar Phanishayee, Junjie Qian, Wencong Xiao, Fan Yang.")?;
-    writeln!(attribution, "> \"Analysis of Large-Scale Multi-Tenant GPU Clusters for DNN Training Workloads\", USENIX ATC '19.\n")?;
-    writeln!(attribution, "The per-job CSV is the one shipped in the Pollux artifact (Qiao et al., OSDI '21, Apache-2.0).")?;
+    writeln!(
+        attribution,
+        "> Myeongjae Jeon, Shivaram Venkataraman, Amar Phanishayee, Junjie Qian, Wencong Xiao, Fan Yang."
+    )?;
+    writeln!(
+        attribution,
+        "> \"Analysis of Large-Scale Multi-Tenant GPU Clusters for DNN Training Workloads\", USENIX ATC '19.\n"
+    )?;
+    writeln!(
+        attribution,
+        "The per-job CSV is the one shipped in the Pollux artifact (Qiao et al., OSDI '21, Apache-2.0)."
+    )?;
     writeln!(attribution, "Tenants, deals, prices and GPU models are synthetic; see docs/workload.md of gpuledger.")?;
     std::fs::write(options.out.join("ATTRIBUTION.md"), attribution)?;
     Ok(summary)

@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 use gpuledger::units::{Millis, DAY_MS, HOUR_MS, MINUTE_MS, SECOND_MS};
 
 #[derive(Parser)]
-#[command(name = "gpuledger", version, about = "Exactly-once compute-credit ledger: GPU usage and compute-for-equity deals into ASC 606 revenue")]
+#[command(
+    name = "gpuledger",
+    version,
+    about = "Exactly-once compute-credit ledger: GPU usage and compute-for-equity deals into ASC 606 revenue"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -140,7 +144,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Audit { dir, partial } => {
-            let report = gpuledger::audit::audit(&dir, partial).with_context(|| format!("auditing {}", dir.display()))?;
+            let report =
+                gpuledger::audit::audit(&dir, partial).with_context(|| format!("auditing {}", dir.display()))?;
             for violation in &report.violations {
                 println!("violation: {violation}");
             }
@@ -156,7 +161,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Gen { trace, out, seed, jobs, slice } => {
-            let summary = gpuledger::gen::generate(&gpuledger::gen::GenOptions { trace, out: out.clone(), seed, jobs, slice })?;
+            let summary =
+                gpuledger::gen::generate(&gpuledger::gen::GenOptions { trace, out: out.clone(), seed, jobs, slice })?;
             println!(
                 "generated {} jobs into {}: {} usage events ({} metering lines), {} deal lines, {} rate lines",
                 summary.jobs,

@@ -296,10 +296,7 @@ mod tests {
 
     #[test]
     fn applies_offsets_and_truncates_below_the_millisecond() {
-        assert_eq!(
-            parse_rfc3339("2024-03-01T02:00:00.1239+02:00"),
-            parse_rfc3339("2024-03-01T00:00:00.123Z")
-        );
+        assert_eq!(parse_rfc3339("2024-03-01T02:00:00.1239+02:00"), parse_rfc3339("2024-03-01T00:00:00.123Z"));
         assert_eq!(parse_rfc3339("2024-03-01T00:00:00.5-00:30"), parse_rfc3339("2024-03-01T00:30:00.500Z"));
     }
 

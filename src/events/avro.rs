@@ -72,9 +72,11 @@ pub struct SchemaRegistry {
 impl SchemaRegistry {
     /// The input schemas, with Confluent ids 1..=8.
     pub fn builtin() -> SchemaRegistry {
-        let mut registry = SchemaRegistry { schemas: Vec::new(), by_fingerprint: HashMap::new(), by_id: BTreeMap::new() };
+        let mut registry =
+            SchemaRegistry { schemas: Vec::new(), by_fingerprint: HashMap::new(), by_id: BTreeMap::new() };
         for (index, (name, text)) in INPUT_SCHEMAS.iter().enumerate() {
-            let schema = Schema::parse_str(text).unwrap_or_else(|error| panic!("built-in schema {name} is invalid: {error}"));
+            let schema =
+                Schema::parse_str(text).unwrap_or_else(|error| panic!("built-in schema {name} is invalid: {error}"));
             registry.add(name, schema, Some(index as u32 + 1));
         }
         registry
@@ -102,7 +104,12 @@ impl SchemaRegistry {
             };
             match self.by_fingerprint.get(print) {
                 Some(index) => (*index, body),
-                None => return reject(Reason::Undecodable, format!("unknown Avro schema fingerprint {}", crate::records::hex(print))),
+                None => {
+                    return reject(
+                        Reason::Undecodable,
+                        format!("unknown Avro schema fingerprint {}", crate::records::hex(print)),
+                    )
+                }
             }
         } else {
             let Some((id, body)) = bytes[1..].split_first_chunk::<4>() else {
@@ -117,7 +124,9 @@ impl SchemaRegistry {
         let schema = &self.schemas[index].1;
         let value = match apache_avro::from_avro_datum(schema, &mut body, None) {
             Ok(value) => value,
-            Err(error) => return reject(Reason::Undecodable, format!("not a {} datum: {error}", self.schemas[index].0)),
+            Err(error) => {
+                return reject(Reason::Undecodable, format!("not a {} datum: {error}", self.schemas[index].0))
+            }
         };
         if !body.is_empty() {
             return reject(Reason::Undecodable, format!("{} trailing bytes after the Avro datum", body.len()));
@@ -219,7 +228,10 @@ pub fn json_to_avro(schema: &Schema, json: &JsonValue) -> Result<AvroValue, Stri
         }
         (Schema::Enum(enumeration), JsonValue::String(text)) => {
             let index = enumeration.symbols.iter().position(|symbol| symbol == text);
-            AvroValue::Enum(index.ok_or_else(|| format!("{text:?} is not a symbol of {}", enumeration.name))? as u32, text.clone())
+            AvroValue::Enum(
+                index.ok_or_else(|| format!("{text:?} is not a symbol of {}", enumeration.name))? as u32,
+                text.clone(),
+            )
         }
         (Schema::Array(array), JsonValue::Array(items)) => {
             AvroValue::Array(items.iter().map(|item| json_to_avro(&array.items, item)).collect::<Result<_, _>>()?)
@@ -250,7 +262,8 @@ pub fn json_to_avro(schema: &Schema, json: &JsonValue) -> Result<AvroValue, Stri
             let mut fields = Vec::with_capacity(record.fields.len());
             for field in &record.fields {
                 let value = members.get(&field.name).unwrap_or(&JsonValue::Null);
-                let converted = json_to_avro(&field.schema, value).map_err(|error| format!("{}: {error}", field.name))?;
+                let converted =
+                    json_to_avro(&field.schema, value).map_err(|error| format!("{}: {error}", field.name))?;
                 fields.push((field.name.clone(), converted));
             }
             AvroValue::Record(fields)
@@ -271,7 +284,11 @@ impl Default for OutputEncoder {
         let schemas = OUTPUT_SCHEMAS
             .iter()
             .map(|(name, text)| {
-                (*name, Schema::parse_str(text).unwrap_or_else(|error| panic!("built-in schema {name} is invalid: {error}")))
+                (
+                    *name,
+                    Schema::parse_str(text)
+                        .unwrap_or_else(|error| panic!("built-in schema {name} is invalid: {error}")),
+                )
             })
             .collect();
         OutputEncoder { schemas }

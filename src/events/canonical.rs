@@ -139,11 +139,17 @@ mod tests {
 
     #[test]
     fn known_times_compare_as_instants() {
-        let plain = parse(r#"{"time":"2025-01-01T08:00:00+08:00","data":{"started_at":"2025-01-01T00:00:00Z"},"x":"2025-01-01T00:00:00Z"}"#);
-        let spelled = parse(r#"{"time":"2025-01-01T00:00:00.000Z","data":{"started_at":"2025-01-01T00:00:00.000Z"},"x":"2025-01-01T00:00:00Z"}"#);
+        let plain = parse(
+            r#"{"time":"2025-01-01T08:00:00+08:00","data":{"started_at":"2025-01-01T00:00:00Z"},"x":"2025-01-01T00:00:00Z"}"#,
+        );
+        let spelled = parse(
+            r#"{"time":"2025-01-01T00:00:00.000Z","data":{"started_at":"2025-01-01T00:00:00.000Z"},"x":"2025-01-01T00:00:00Z"}"#,
+        );
         assert_eq!(digest(&plain), digest(&spelled));
         // An extension attribute is compared as text.
-        let other = parse(r#"{"time":"2025-01-01T00:00:00.000Z","data":{"started_at":"2025-01-01T00:00:00.000Z"},"x":"2025-01-01T00:00:00.000Z"}"#);
+        let other = parse(
+            r#"{"time":"2025-01-01T00:00:00.000Z","data":{"started_at":"2025-01-01T00:00:00.000Z"},"x":"2025-01-01T00:00:00.000Z"}"#,
+        );
         assert_ne!(digest(&plain), digest(&other));
     }
 

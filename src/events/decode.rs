@@ -15,8 +15,8 @@
 use serde_json::{Map, Value};
 
 use super::{
-    canonical, reject, CreditGranted, Consideration, DealSigned, Decoded, Event, GpuUsage, Payload,
-    RatePublished, Reason, Rejection, Tier, Topic,
+    canonical, reject, Consideration, CreditGranted, DealSigned, Decoded, Event, GpuUsage, Payload, RatePublished,
+    Reason, Rejection, Tier, Topic,
 };
 use crate::units::{parse_rfc3339, Millis, DAY_MS};
 
@@ -28,10 +28,7 @@ pub const RESERVED_SOURCE_PREFIX: &str = "gpuledger:";
 
 pub fn decode_value(topic: Topic, value: &Value) -> Decoded {
     let Some(object) = value.as_object() else {
-        return Decoded {
-            time: None,
-            event: reject(Reason::SchemaViolation, "a CloudEvent must be a JSON object"),
-        };
+        return Decoded { time: None, event: reject(Reason::SchemaViolation, "a CloudEvent must be a JSON object") };
     };
     // The event time orders the merge even when a later check refuses the
     // record, so it is read first.
@@ -54,13 +51,13 @@ fn decode_object(topic: Topic, value: &Value, object: &Map<String, Value>) -> Re
     let time = envelope.required_time("time")?;
     let subject = envelope.optional_str("subject")?;
 
-    let known = match (topic, type_name) {
+    let known = matches!(
+        (topic, type_name),
         (Topic::Deals, "gpuledger.deal.signed" | "gpuledger.credit.granted" | "gpuledger.grant.extended")
-        | (Topic::Deals, "gpuledger.grant.revoked" | "gpuledger.deal.cancelled")
-        | (Topic::Rates, "gpuledger.rate.published")
-        | (Topic::Metering, "gpuledger.gpu.usage" | "gpuledger.clock.tick") => true,
-        _ => false,
-    };
+            | (Topic::Deals, "gpuledger.grant.revoked" | "gpuledger.deal.cancelled")
+            | (Topic::Rates, "gpuledger.rate.published")
+            | (Topic::Metering, "gpuledger.gpu.usage" | "gpuledger.clock.tick")
+    );
     if !known {
         return reject(Reason::UnknownType, format!("type {type_name:?} is not known on the {} topic", topic.name()));
     }
@@ -142,7 +139,10 @@ fn decode_data(type_name: &str, data: &Fields<'_>) -> Result<Payload, Rejection>
                 (Some(consideration), _) => consideration,
                 (None, Some(_)) => Consideration::Equity,
                 (None, None) => {
-                    return reject(Reason::SchemaViolation, "missing field data.consideration (required without a deal)")
+                    return reject(
+                        Reason::SchemaViolation,
+                        "missing field data.consideration (required without a deal)",
+                    )
                 }
             };
             if consideration == Consideration::Equity && deal_id.is_none() && transaction_price.is_none() {
@@ -161,7 +161,10 @@ fn decode_data(type_name: &str, data: &Fields<'_>) -> Result<Payload, Rejection>
                 return reject(Reason::InvalidField, "a grant under a deal must have consideration equity");
             }
             if deal_id.is_some() && transaction_price.is_some() {
-                return reject(Reason::InvalidField, "a grant under a deal takes its price from the deal, not transaction_price");
+                return reject(
+                    Reason::InvalidField,
+                    "a grant under a deal takes its price from the deal, not transaction_price",
+                );
             }
             if consideration == Consideration::Promotional && transaction_price.is_some() {
                 return reject(Reason::InvalidField, "a promotional grant has no transaction_price");

@@ -18,12 +18,8 @@ pub mod state;
 
 use std::collections::BTreeSet;
 
-use crate::events::{
-    reject, Decoded, Event, InputRecord, Payload, Reason, Rejection, Topic,
-};
-use crate::records::{
-    base64, Balances, CurrencyBalance, DeadLetter, GrantBalance, Header, InputOffset, Output,
-};
+use crate::events::{reject, Decoded, Event, InputRecord, Payload, Reason, Rejection, Topic};
+use crate::records::{base64, Balances, CurrencyBalance, DeadLetter, GrantBalance, Header, InputOffset, Output};
 use crate::units::{Millis, Ts, DAY_MS, HOUR_MS};
 use state::{identity_key, Changes, Remembered, Startup, TaskState};
 
@@ -42,7 +38,12 @@ pub struct FoldConfig {
 
 impl Default for FoldConfig {
     fn default() -> Self {
-        FoldConfig { dedup_window: 35 * DAY_MS, expiry_grace: HOUR_MS, close_grace: 72 * HOUR_MS, max_future: 24 * HOUR_MS }
+        FoldConfig {
+            dedup_window: 35 * DAY_MS,
+            expiry_grace: HOUR_MS,
+            close_grace: 72 * HOUR_MS,
+            max_future: 24 * HOUR_MS,
+        }
     }
 }
 

@@ -16,9 +16,7 @@ use crate::records::{
 };
 use crate::units::{format_millis, mul_div_round, Millis, Month, Ts};
 
-use super::state::{
-    rate_key_text, Deal, Grant, GrantState, RateBook, Startup, CONSUMED_THRESHOLDS,
-};
+use super::state::{rate_key_text, Deal, Grant, GrantState, RateBook, Startup, CONSUMED_THRESHOLDS};
 use super::{FoldConfig, FoldStats, EXPIRING_NOTICE};
 
 /// Kinds of timed effect, in the order they fire at one instant (§4).
@@ -47,7 +45,8 @@ pub fn next_effect(startup: &Startup, config: &FoldConfig) -> Option<Effect> {
         let Some(expires_at) = grant.expires_at else { continue };
         let alert = (grant.expiring_alerted_for != Some(expires_at))
             .then(|| (expires_at.saturating_sub(EXPIRING_NOTICE), EffectKind::ExpiringAlert, grant.grant_id.as_str()));
-        let expiry = Some((expires_at.saturating_add(config.expiry_grace), EffectKind::Expiry, grant.grant_id.as_str()));
+        let expiry =
+            Some((expires_at.saturating_add(config.expiry_grace), EffectKind::Expiry, grant.grant_id.as_str()));
         for candidate in [alert, expiry].into_iter().flatten() {
             if candidate.0 <= clock && best.is_none_or(|current| candidate < current) {
                 best = Some(candidate);
@@ -232,7 +231,16 @@ fn expire(startup: &mut Startup, grant_id: &str, outputs: &mut Vec<Output>) {
             position: 0,
         };
         let deal_id = deal_id.as_deref();
-        entries.write(outputs, "expiry", &currency, "contract_liability", "revenue_breakage", breakage, deal_id, Some(grant_id));
+        entries.write(
+            outputs,
+            "expiry",
+            &currency,
+            "contract_liability",
+            "revenue_breakage",
+            breakage,
+            deal_id,
+            Some(grant_id),
+        );
     }
 }
 
@@ -271,10 +279,13 @@ pub fn apply(
                 return reject(Reason::UnknownGrant, format!("no grant {grant_id:?} for this start-up"));
             };
             if !grant.is_open() {
-                return reject(Reason::InvalidTransition, format!("grant {grant_id:?} is already {}", grant.state.as_str()));
+                return reject(
+                    Reason::InvalidTransition,
+                    format!("grant {grant_id:?} is already {}", grant.state.as_str()),
+                );
             }
             let currency = grant.currency.clone();
-            revoke_all(startup, topic, event, &currency, &[grant_id.clone()], outputs);
+            revoke_all(startup, topic, event, &currency, std::slice::from_ref(grant_id), outputs);
             Ok(())
         }
         Payload::DealCancelled { deal_id } => {
@@ -512,7 +523,16 @@ fn revoke_all(
             Consideration::Cash => "refund_liability",
             Consideration::Promotional => continue,
         };
-        entries.write(outputs, "revocation", currency, "contract_liability", credit, reversal, deal_id.as_deref(), Some(grant_id));
+        entries.write(
+            outputs,
+            "revocation",
+            currency,
+            "contract_liability",
+            credit,
+            reversal,
+            deal_id.as_deref(),
+            Some(grant_id),
+        );
     }
 }
 
@@ -541,7 +561,8 @@ fn gpu_usage(
     let Ok(gpu_ms) = i64::try_from(i128::from(usage.gpu_count) * i128::from(billable_ms)) else {
         return reject(Reason::InvalidField, "gpu_ms is beyond 64 bits");
     };
-    let cost = mul_div_round(i128::from(gpu_ms), i128::from(card.price_per_gpu_hour), 3_600_000).expect("fits 128 bits");
+    let cost =
+        mul_div_round(i128::from(gpu_ms), i128::from(card.price_per_gpu_hour), 3_600_000).expect("fits 128 bits");
     let Ok(cost) = i64::try_from(cost) else {
         return reject(Reason::InvalidField, "cost is beyond 64 bits");
     };

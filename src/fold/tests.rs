@@ -41,7 +41,8 @@ impl Ledger {
             Ok(parsed) => decode_value(topic, &parsed),
             Err(rejection) => Decoded { time: None, event: Err(rejection) },
         };
-        let record = InputRecord { topic, partition: self.task.state().partition, offset, key: None, value, headers: vec![] };
+        let record =
+            InputRecord { topic, partition: self.task.state().partition, offset, key: None, value, headers: vec![] };
         let mut outputs = Vec::new();
         self.task.fold(&record, decoded, &mut outputs);
         outputs
@@ -68,7 +69,8 @@ impl Ledger {
 }
 
 fn envelope(id: &str, type_name: &str, subject: Option<&str>, time: &str, data: Value) -> Value {
-    let mut event = json!({"specversion": "1.0", "id": id, "source": "test", "type": type_name, "time": time, "data": data});
+    let mut event =
+        json!({"specversion": "1.0", "id": id, "source": "test", "type": type_name, "time": time, "data": data});
     if let Some(subject) = subject {
         event["subject"] = json!(subject);
     }
@@ -149,11 +151,17 @@ fn journal(outputs: &[Output]) -> Vec<&JournalEntry> {
 }
 
 fn rated(outputs: &[Output]) -> &UsageRated {
-    outputs.iter().find_map(|output| if let Output::UsageRated(usage) = output { Some(usage) } else { None }).expect("a usage-rated record")
+    outputs
+        .iter()
+        .find_map(|output| if let Output::UsageRated(usage) = output { Some(usage) } else { None })
+        .expect("a usage-rated record")
 }
 
 fn statements(outputs: &[Output]) -> Vec<&Statement> {
-    outputs.iter().filter_map(|output| if let Output::Statement(statement) = output { Some(statement) } else { None }).collect()
+    outputs
+        .iter()
+        .filter_map(|output| if let Output::Statement(statement) = output { Some(statement) } else { None })
+        .collect()
 }
 
 fn alerts(outputs: &[Output]) -> Vec<(AlertKind, Option<String>, Option<u32>)> {
@@ -178,7 +186,10 @@ fn deal_signed_books_cash_and_derives_the_price_of_the_credits() {
     let outputs = ledger.feed(Topic::Deals, deal("d1", "2025-01-01T00:00:00Z", 400, 1_000, 1_150));
     let entries = journal(&outputs);
     assert_eq!(entries.len(), 1);
-    assert_eq!((entries[0].debit.as_str(), entries[0].credit.as_str(), entries[0].amount), ("equity_investment", "cash", 400));
+    assert_eq!(
+        (entries[0].debit.as_str(), entries[0].credit.as_str(), entries[0].amount),
+        ("equity_investment", "cash", 400)
+    );
     assert_eq!(entries[0].cause, "deal.signed");
     assert_eq!(ledger.startup("acme").deals["d1"].transaction_price, 750);
     // TP_d never goes below zero.
@@ -203,7 +214,8 @@ fn grants_under_a_deal_share_its_price_exactly() {
     ledger.feed(Topic::Deals, deal("d1", "2025-01-01T00:00:00Z", 0, 3, 10));
     let mut prices = Vec::new();
     for id in ["g1", "g2", "g3"] {
-        let outputs = ledger.feed(Topic::Deals, grant(id, "2025-01-01T00:00:00Z", json!({"deal_id": "d1", "face_amount": 1})));
+        let outputs =
+            ledger.feed(Topic::Deals, grant(id, "2025-01-01T00:00:00Z", json!({"deal_id": "d1", "face_amount": 1})));
         assert_eq!(dead_reason(&outputs), None);
         prices.push(ledger.startup("acme").grants[id].transaction_price);
     }
@@ -218,23 +230,41 @@ fn grants_under_a_deal_share_its_price_exactly() {
 fn equity_grant_journal_and_cash_and_promotional_prices() {
     let mut ledger = Ledger::new();
     ledger.feed(Topic::Deals, deal("d1", "2025-01-01T00:00:00Z", 0, 1_000, 800));
-    let outputs = ledger.feed(Topic::Deals, grant("g1", "2025-01-01T00:00:00Z", json!({"deal_id": "d1", "face_amount": 1_000})));
+    let outputs =
+        ledger.feed(Topic::Deals, grant("g1", "2025-01-01T00:00:00Z", json!({"deal_id": "d1", "face_amount": 1_000})));
     let entries = journal(&outputs);
-    assert_eq!((entries[0].debit.as_str(), entries[0].credit.as_str(), entries[0].amount), ("equity_investment", "contract_liability", 800));
-    let outputs = ledger.feed(Topic::Deals, grant("cash", "2025-01-01T00:00:00Z", json!({"face_amount": 500, "consideration": "cash"})));
+    assert_eq!(
+        (entries[0].debit.as_str(), entries[0].credit.as_str(), entries[0].amount),
+        ("equity_investment", "contract_liability", 800)
+    );
+    let outputs = ledger.feed(
+        Topic::Deals,
+        grant("cash", "2025-01-01T00:00:00Z", json!({"face_amount": 500, "consideration": "cash"})),
+    );
     let entries = journal(&outputs);
     assert_eq!((entries[0].debit.as_str(), entries[0].amount), ("cash", 500));
     let outputs = ledger.feed(
         Topic::Deals,
-        grant("priced", "2025-01-01T00:00:00Z", json!({"face_amount": 500, "consideration": "cash", "transaction_price": 450})),
+        grant(
+            "priced",
+            "2025-01-01T00:00:00Z",
+            json!({"face_amount": 500, "consideration": "cash", "transaction_price": 450}),
+        ),
     );
     assert_eq!(journal(&outputs)[0].amount, 450);
-    let outputs = ledger.feed(Topic::Deals, grant("promo", "2025-01-01T00:00:00Z", json!({"face_amount": 500, "consideration": "promotional"})));
+    let outputs = ledger.feed(
+        Topic::Deals,
+        grant("promo", "2025-01-01T00:00:00Z", json!({"face_amount": 500, "consideration": "promotional"})),
+    );
     assert!(journal(&outputs).is_empty(), "promotional grants write no entries");
     assert_eq!(ledger.startup("acme").grants["promo"].transaction_price, 0);
     let outputs = ledger.feed(
         Topic::Deals,
-        grant("eq", "2025-01-01T00:00:00Z", json!({"face_amount": 500, "consideration": "equity", "transaction_price": 300})),
+        grant(
+            "eq",
+            "2025-01-01T00:00:00Z",
+            json!({"face_amount": 500, "consideration": "equity", "transaction_price": 300}),
+        ),
     );
     assert_eq!(journal(&outputs)[0].debit, "equity_investment");
     assert_eq!(ledger.usd("acme").granted_face, 3_000);
@@ -247,16 +277,37 @@ fn grant_rejections_come_in_the_spec_order() {
     ledger.feed(Topic::Deals, deal("d1", at, 0, 1_000, 800));
     ledger.feed(Topic::Deals, grant("g1", at, json!({"deal_id": "d1", "face_amount": 600})));
     // unknown deal beats everything else
-    expect_reason(&ledger.feed(Topic::Deals, with_id(grant("g1", at, json!({"deal_id": "nope", "face_amount": 9_999, "currency": "EUR"})), "e1")), Reason::UnknownDeal);
+    expect_reason(
+        &ledger.feed(
+            Topic::Deals,
+            with_id(grant("g1", at, json!({"deal_id": "nope", "face_amount": 9_999, "currency": "EUR"})), "e1"),
+        ),
+        Reason::UnknownDeal,
+    );
     // duplicate grant beats currency and commitment
-    expect_reason(&ledger.feed(Topic::Deals, with_id(grant("g1", at, json!({"deal_id": "d1", "face_amount": 9_999, "currency": "EUR"})), "e2")), Reason::DuplicateGrant);
+    expect_reason(
+        &ledger.feed(
+            Topic::Deals,
+            with_id(grant("g1", at, json!({"deal_id": "d1", "face_amount": 9_999, "currency": "EUR"})), "e2"),
+        ),
+        Reason::DuplicateGrant,
+    );
     let mut no_deal = grant("g1", at, json!({"face_amount": 1, "consideration": "cash"}));
     no_deal["id"] = json!("g1-again");
     expect_reason(&ledger.feed(Topic::Deals, no_deal), Reason::DuplicateGrant);
     // currency before commitment
-    expect_reason(&ledger.feed(Topic::Deals, grant("g2", at, json!({"deal_id": "d1", "face_amount": 9_999, "currency": "EUR"}))), Reason::CurrencyMismatch);
-    expect_reason(&ledger.feed(Topic::Deals, grant("g2", at, json!({"deal_id": "d1", "face_amount": 401}))), Reason::OverCommitment);
-    assert_eq!(dead_reason(&ledger.feed(Topic::Deals, grant("g3", at, json!({"deal_id": "d1", "face_amount": 400})))), None);
+    expect_reason(
+        &ledger.feed(Topic::Deals, grant("g2", at, json!({"deal_id": "d1", "face_amount": 9_999, "currency": "EUR"}))),
+        Reason::CurrencyMismatch,
+    );
+    expect_reason(
+        &ledger.feed(Topic::Deals, grant("g2", at, json!({"deal_id": "d1", "face_amount": 401}))),
+        Reason::OverCommitment,
+    );
+    assert_eq!(
+        dead_reason(&ledger.feed(Topic::Deals, grant("g3", at, json!({"deal_id": "d1", "face_amount": 400})))),
+        None
+    );
 }
 
 #[test]
@@ -266,9 +317,15 @@ fn over_commitment_counts_revoked_faces_and_cancelled_deals_refuse_grants() {
     ledger.feed(Topic::Deals, deal("d1", at, 0, 1_000, 800));
     ledger.feed(Topic::Deals, grant("g1", at, json!({"deal_id": "d1", "face_amount": 1_000})));
     ledger.feed(Topic::Deals, deal_event("rev", "gpuledger.grant.revoked", at, json!({"grant_id": "g1"})));
-    expect_reason(&ledger.feed(Topic::Deals, grant("g2", at, json!({"deal_id": "d1", "face_amount": 1}))), Reason::OverCommitment);
+    expect_reason(
+        &ledger.feed(Topic::Deals, grant("g2", at, json!({"deal_id": "d1", "face_amount": 1}))),
+        Reason::OverCommitment,
+    );
     ledger.feed(Topic::Deals, deal_event("cancel", "gpuledger.deal.cancelled", at, json!({"deal_id": "d1"})));
-    expect_reason(&ledger.feed(Topic::Deals, grant("g3", at, json!({"deal_id": "d1", "face_amount": 1}))), Reason::InvalidTransition);
+    expect_reason(
+        &ledger.feed(Topic::Deals, grant("g3", at, json!({"deal_id": "d1", "face_amount": 1}))),
+        Reason::InvalidTransition,
+    );
 }
 
 #[test]
@@ -279,10 +336,16 @@ fn revocation_reverses_what_is_unearned() {
     ledger.feed(Topic::Deals, grant("g1", at, json!({"deal_id": "d1", "face_amount": 3_600_000})));
     // one GPU-hour: cost 3,600,000 would use it all; use 10 minutes = 600,000
     ledger.feed(Topic::Metering, usage("u1", "2025-01-01T00:00:00Z", "2025-01-01T00:10:00Z", 1));
-    let outputs = ledger.feed(Topic::Deals, deal_event("rev", "gpuledger.grant.revoked", "2025-01-01T01:00:00Z", json!({"grant_id": "g1"})));
+    let outputs = ledger.feed(
+        Topic::Deals,
+        deal_event("rev", "gpuledger.grant.revoked", "2025-01-01T01:00:00Z", json!({"grant_id": "g1"})),
+    );
     let entries = journal(&outputs);
     assert_eq!(entries.len(), 1);
-    assert_eq!((entries[0].cause.as_str(), entries[0].debit.as_str(), entries[0].credit.as_str()), ("revocation", "contract_liability", "equity_investment"));
+    assert_eq!(
+        (entries[0].cause.as_str(), entries[0].debit.as_str(), entries[0].credit.as_str()),
+        ("revocation", "contract_liability", "equity_investment")
+    );
     assert_eq!(entries[0].amount, 1_800_000 - 300_000);
     let grant = &ledger.startup("acme").grants["g1"];
     assert_eq!((grant.revoked_face, grant.revocation_reversal, grant.revenue_compute), (3_000_000, 1_500_000, 300_000));
@@ -290,7 +353,13 @@ fn revocation_reverses_what_is_unearned() {
     // A final grant cannot be revoked again.
     let mut again = deal_event("rev2", "gpuledger.grant.revoked", "2025-01-01T02:00:00Z", json!({"grant_id": "g1"}));
     expect_reason(&ledger.feed(Topic::Deals, again.take()), Reason::InvalidTransition);
-    expect_reason(&ledger.feed(Topic::Deals, deal_event("rev3", "gpuledger.grant.revoked", "2025-01-01T02:00:00Z", json!({"grant_id": "zz"}))), Reason::UnknownGrant);
+    expect_reason(
+        &ledger.feed(
+            Topic::Deals,
+            deal_event("rev3", "gpuledger.grant.revoked", "2025-01-01T02:00:00Z", json!({"grant_id": "zz"})),
+        ),
+        Reason::UnknownGrant,
+    );
 }
 
 #[test]
@@ -298,7 +367,8 @@ fn cash_revocation_credits_refund_liability() {
     let mut ledger = Ledger::new();
     let at = "2025-01-01T00:00:00Z";
     ledger.feed(Topic::Deals, grant("c1", at, json!({"face_amount": 700, "consideration": "cash"})));
-    let outputs = ledger.feed(Topic::Deals, deal_event("rev", "gpuledger.grant.revoked", at, json!({"grant_id": "c1"})));
+    let outputs =
+        ledger.feed(Topic::Deals, deal_event("rev", "gpuledger.grant.revoked", at, json!({"grant_id": "c1"})));
     assert_eq!(journal(&outputs)[0].credit, "refund_liability");
     assert_eq!(journal(&outputs)[0].amount, 700);
 }
@@ -313,25 +383,40 @@ fn cancelling_a_deal_revokes_its_open_grants_in_grant_id_order() {
     ledger.feed(Topic::Deals, grant("gc", at, json!({"deal_id": "d1", "face_amount": 300})));
     ledger.feed(Topic::Deals, deal_event("rev", "gpuledger.grant.revoked", at, json!({"grant_id": "gc"})));
     assert_eq!(ledger.usd("acme").rpo, 700, "100 of the deal's price is not granted yet");
-    let outputs = ledger.feed(Topic::Deals, deal_event("cancel", "gpuledger.deal.cancelled", at, json!({"deal_id": "d1"})));
+    let outputs =
+        ledger.feed(Topic::Deals, deal_event("cancel", "gpuledger.deal.cancelled", at, json!({"deal_id": "d1"})));
     let revoked: Vec<_> = journal(&outputs).iter().map(|entry| entry.grant_id.clone().unwrap()).collect();
     assert_eq!(revoked, vec!["ga", "gb"]);
     // Positions 0 and 1 of the cancel event make distinct entry ids.
     assert_ne!(journal(&outputs)[0].entry_id, journal(&outputs)[1].entry_id);
     assert_eq!(ledger.usd("acme").rpo, 0, "a cancelled deal's ungranted price leaves the RPO");
-    expect_reason(&ledger.feed(Topic::Deals, deal_event("cancel2", "gpuledger.deal.cancelled", at, json!({"deal_id": "d1"}))), Reason::InvalidTransition);
-    expect_reason(&ledger.feed(Topic::Deals, deal_event("cancel3", "gpuledger.deal.cancelled", at, json!({"deal_id": "zz"}))), Reason::UnknownDeal);
+    expect_reason(
+        &ledger.feed(Topic::Deals, deal_event("cancel2", "gpuledger.deal.cancelled", at, json!({"deal_id": "d1"}))),
+        Reason::InvalidTransition,
+    );
+    expect_reason(
+        &ledger.feed(Topic::Deals, deal_event("cancel3", "gpuledger.deal.cancelled", at, json!({"deal_id": "zz"}))),
+        Reason::UnknownDeal,
+    );
 }
 
 #[test]
 fn extensions_must_be_strictly_later_on_open_grants_with_an_expiry() {
     let mut ledger = Ledger::new();
     let at = "2025-01-01T00:00:00Z";
-    ledger.feed(Topic::Deals, grant("g1", at, json!({"face_amount": 10, "consideration": "cash", "expires_at": "2025-03-01T00:00:00Z"})));
+    ledger.feed(
+        Topic::Deals,
+        grant("g1", at, json!({"face_amount": 10, "consideration": "cash", "expires_at": "2025-03-01T00:00:00Z"})),
+    );
     ledger.feed(Topic::Deals, grant("forever", at, json!({"face_amount": 10, "consideration": "cash"})));
-    let extend = |id: &str, grant_id: &str, expires: &str| deal_event(id, "gpuledger.grant.extended", at, json!({"grant_id": grant_id, "expires_at": expires}));
+    let extend = |id: &str, grant_id: &str, expires: &str| {
+        deal_event(id, "gpuledger.grant.extended", at, json!({"grant_id": grant_id, "expires_at": expires}))
+    };
     expect_reason(&ledger.feed(Topic::Deals, extend("e1", "g1", "2025-03-01T00:00:00Z")), Reason::InvalidTransition);
-    expect_reason(&ledger.feed(Topic::Deals, extend("e2", "forever", "2025-03-01T00:00:00Z")), Reason::InvalidTransition);
+    expect_reason(
+        &ledger.feed(Topic::Deals, extend("e2", "forever", "2025-03-01T00:00:00Z")),
+        Reason::InvalidTransition,
+    );
     expect_reason(&ledger.feed(Topic::Deals, extend("e3", "nope", "2025-03-01T00:00:00Z")), Reason::UnknownGrant);
     assert_eq!(dead_reason(&ledger.feed(Topic::Deals, extend("e4", "g1", "2025-04-01T00:00:00Z"))), None);
     assert_eq!(ledger.startup("acme").grants["g1"].expires_at, Some(t("2025-04-01T00:00:00Z")));
@@ -340,13 +425,25 @@ fn extensions_must_be_strictly_later_on_open_grants_with_an_expiry() {
 #[test]
 fn an_extension_arriving_after_the_expiry_became_due_is_refused() {
     let mut ledger = Ledger::new();
-    ledger.feed(Topic::Deals, grant("g1", "2025-01-01T00:00:00Z", json!({"face_amount": 10, "consideration": "cash", "expires_at": "2025-03-01T00:00:00Z"})));
+    ledger.feed(
+        Topic::Deals,
+        grant(
+            "g1",
+            "2025-01-01T00:00:00Z",
+            json!({"face_amount": 10, "consideration": "cash", "expires_at": "2025-03-01T00:00:00Z"}),
+        ),
+    );
     // Its own time moves the clock past expires_at + 1 h grace: the expiry
     // fires first, then the extension is judged against an expired grant.
     ledger.feed(Topic::Metering, tick("2025-02-28T12:00:00Z"));
     let outputs = ledger.feed(
         Topic::Deals,
-        deal_event("e1", "gpuledger.grant.extended", "2025-03-01T01:00:00Z", json!({"grant_id": "g1", "expires_at": "2025-06-01T00:00:00Z"})),
+        deal_event(
+            "e1",
+            "gpuledger.grant.extended",
+            "2025-03-01T01:00:00Z",
+            json!({"grant_id": "g1", "expires_at": "2025-06-01T00:00:00Z"}),
+        ),
     );
     assert_eq!(journal(&outputs)[0].cause, "expiry");
     expect_reason(&outputs, Reason::InvalidTransition);
@@ -394,11 +491,20 @@ fn cost_rounds_half_to_even() {
 #[test]
 fn usage_without_a_rate_is_no_rate_and_overflow_is_invalid() {
     let mut ledger = Ledger::with_rate();
-    expect_reason(&ledger.feed(Topic::Metering, usage("u0", "2024-12-31T00:00:00Z", "2024-12-31T01:00:00Z", 1)), Reason::NoRate);
+    expect_reason(
+        &ledger.feed(Topic::Metering, usage("u0", "2024-12-31T00:00:00Z", "2024-12-31T01:00:00Z", 1)),
+        Reason::NoRate,
+    );
     ledger.feed(Topic::Rates, rate("H800", i64::MAX, "2025-01-02T00:00:00Z", 0));
-    expect_reason(&ledger.feed(Topic::Metering, usage("u1", "2025-01-02T00:00:00Z", "2025-01-03T00:00:00Z", 1_000)), Reason::InvalidField);
+    expect_reason(
+        &ledger.feed(Topic::Metering, usage("u1", "2025-01-02T00:00:00Z", "2025-01-03T00:00:00Z", 1_000)),
+        Reason::InvalidField,
+    );
     ledger.feed(Topic::Rates, rate("H800", 1, "2025-01-04T00:00:00Z", i64::MAX / 10));
-    expect_reason(&ledger.feed(Topic::Metering, usage("u2", "2025-01-04T00:00:00Z", "2025-01-04T00:00:01Z", 1)), Reason::InvalidField);
+    expect_reason(
+        &ledger.feed(Topic::Metering, usage("u2", "2025-01-04T00:00:00Z", "2025-01-04T00:00:01Z", 1)),
+        Reason::InvalidField,
+    );
 }
 
 // ---------------------------------------------------------------- §8 burn-down
@@ -419,8 +525,22 @@ fn burn_down_follows_priority_expiry_effective_and_id() {
     ledger.feed(Topic::Deals, grant("c-exp", at, cash(100, json!({"expires_at": "2025-06-01T00:00:00Z"}))));
     ledger.feed(Topic::Deals, grant("a-late", at, cash(100, json!({"effective_at": "2025-01-01T00:30:00Z"}))));
     ledger.feed(Topic::Deals, grant("d-eur", at, cash(100, json!({"currency": "EUR", "priority": 0}))));
-    ledger.feed(Topic::Deals, grant("e-exp", at, cash(100, json!({"expires_at": "2025-06-01T00:00:00Z", "effective_at": "2024-12-01T00:00:00Z"}))));
-    ledger.feed(Topic::Deals, grant("f-exp", at, cash(100, json!({"expires_at": "2025-06-01T00:00:00Z", "effective_at": "2024-12-01T00:00:00Z"}))));
+    ledger.feed(
+        Topic::Deals,
+        grant(
+            "e-exp",
+            at,
+            cash(100, json!({"expires_at": "2025-06-01T00:00:00Z", "effective_at": "2024-12-01T00:00:00Z"})),
+        ),
+    );
+    ledger.feed(
+        Topic::Deals,
+        grant(
+            "f-exp",
+            at,
+            cash(100, json!({"expires_at": "2025-06-01T00:00:00Z", "effective_at": "2024-12-01T00:00:00Z"})),
+        ),
+    );
     // 600 micros of cost: 0.6 s of one GPU at $3.60/h.
     let outputs = ledger.feed(Topic::Metering, usage("u1", "2025-01-01T00:00:00Z", "2025-01-01T00:00:00.600Z", 1));
     let order: Vec<_> = rated(&outputs).draws.iter().map(|draw| (draw.grant_id.as_str(), draw.face)).collect();
@@ -429,13 +549,23 @@ fn burn_down_follows_priority_expiry_effective_and_id() {
     assert_eq!(rated(&outputs).overage, 100);
     let entries = journal(&outputs);
     assert_eq!(entries.last().unwrap().cause, "overage");
-    assert_eq!((entries.last().unwrap().debit.as_str(), entries.last().unwrap().credit.as_str()), ("accounts_receivable", "revenue_overage"));
+    assert_eq!(
+        (entries.last().unwrap().debit.as_str(), entries.last().unwrap().credit.as_str()),
+        ("accounts_receivable", "revenue_overage")
+    );
 }
 
 #[test]
 fn expired_windows_do_not_draw() {
     let mut ledger = Ledger::with_rate();
-    ledger.feed(Topic::Deals, grant("g1", "2025-01-01T00:00:00Z", json!({"face_amount": 1_000_000, "consideration": "cash", "expires_at": "2025-01-01T01:00:00Z"})));
+    ledger.feed(
+        Topic::Deals,
+        grant(
+            "g1",
+            "2025-01-01T00:00:00Z",
+            json!({"face_amount": 1_000_000, "consideration": "cash", "expires_at": "2025-01-01T01:00:00Z"}),
+        ),
+    );
     // u.time == expires_at: not eligible (strict), though the grant is still open (grace).
     let outputs = ledger.feed(Topic::Metering, usage("u1", "2025-01-01T00:59:00Z", "2025-01-01T01:00:00Z", 1));
     assert!(rated(&outputs).draws.is_empty());
@@ -445,7 +575,14 @@ fn expired_windows_do_not_draw() {
 #[test]
 fn revenue_uses_cumulative_rounding_so_a_grant_earns_exactly_its_price() {
     let mut ledger = Ledger::with_rate();
-    ledger.feed(Topic::Deals, grant("g1", "2025-01-01T00:00:00Z", json!({"face_amount": 3_000, "consideration": "cash", "transaction_price": 1_000})));
+    ledger.feed(
+        Topic::Deals,
+        grant(
+            "g1",
+            "2025-01-01T00:00:00Z",
+            json!({"face_amount": 3_000, "consideration": "cash", "transaction_price": 1_000}),
+        ),
+    );
     let mut revenues = Vec::new();
     for index in 0..3 {
         // 1 s of one GPU = 1,000 micros
@@ -462,7 +599,10 @@ fn revenue_uses_cumulative_rounding_so_a_grant_earns_exactly_its_price() {
 #[test]
 fn promotional_draws_are_listed_with_zero_revenue_and_no_entry() {
     let mut ledger = Ledger::with_rate();
-    ledger.feed(Topic::Deals, grant("p", "2025-01-01T00:00:00Z", json!({"face_amount": 10_000, "consideration": "promotional"})));
+    ledger.feed(
+        Topic::Deals,
+        grant("p", "2025-01-01T00:00:00Z", json!({"face_amount": 10_000, "consideration": "promotional"})),
+    );
     let outputs = ledger.feed(Topic::Metering, usage("u1", "2025-01-01T00:00:00Z", "2025-01-01T00:00:01Z", 1));
     assert_eq!(rated(&outputs).draws[0].revenue, 0);
     assert_eq!(rated(&outputs).draws[0].face, 1_000);
@@ -474,7 +614,8 @@ fn promotional_draws_are_listed_with_zero_revenue_and_no_entry() {
 #[test]
 fn entry_ids_hash_topic_startup_source_id_and_position() {
     let mut ledger = Ledger::with_rate();
-    ledger.feed(Topic::Deals, grant("g1", "2025-01-01T00:00:00Z", json!({"face_amount": 500, "consideration": "cash"})));
+    ledger
+        .feed(Topic::Deals, grant("g1", "2025-01-01T00:00:00Z", json!({"face_amount": 500, "consideration": "cash"})));
     let outputs = ledger.feed(Topic::Metering, usage("u1", "2025-01-01T00:00:00Z", "2025-01-01T00:00:01Z", 1));
     let entries = journal(&outputs);
     assert_eq!(entries.len(), 2);
@@ -495,7 +636,10 @@ fn expiry_fires_after_the_grace_and_books_breakage() {
     let entries = journal(&outputs);
     assert_eq!(entries.len(), 1);
     let entry = entries[0];
-    assert_eq!((entry.cause.as_str(), entry.debit.as_str(), entry.credit.as_str(), entry.amount), ("expiry", "contract_liability", "revenue_breakage", 4_000));
+    assert_eq!(
+        (entry.cause.as_str(), entry.debit.as_str(), entry.credit.as_str(), entry.amount),
+        ("expiry", "contract_liability", "revenue_breakage", 4_000)
+    );
     assert_eq!((entry.source.as_str(), entry.id.as_str(), entry.topic.as_str()), ("gpuledger:expiry", "g1", "deals"));
     assert_eq!(entry.event_time, crate::units::Ts(t("2025-01-10T00:00:00Z")));
     let grant = &ledger.startup("acme").grants["g1"];
@@ -508,7 +652,14 @@ fn a_grant_accepted_after_its_expiry_expires_right_after_it() {
     let mut ledger = Ledger::new();
     ledger.feed(Topic::Metering, tick("2025-03-01T00:00:00Z"));
     ledger.feed(Topic::Deals, deal("d0", "2025-03-01T00:00:00Z", 0, 1, 0));
-    let outputs = ledger.feed(Topic::Deals, grant("old", "2025-03-01T00:00:00Z", json!({"face_amount": 10, "consideration": "cash", "expires_at": "2025-02-01T00:00:00Z"})));
+    let outputs = ledger.feed(
+        Topic::Deals,
+        grant(
+            "old",
+            "2025-03-01T00:00:00Z",
+            json!({"face_amount": 10, "consideration": "cash", "expires_at": "2025-02-01T00:00:00Z"}),
+        ),
+    );
     let causes: Vec<_> = journal(&outputs).iter().map(|entry| entry.cause.clone()).collect();
     assert_eq!(causes, vec!["credit.granted", "expiry"]);
 }
@@ -516,40 +667,70 @@ fn a_grant_accepted_after_its_expiry_expires_right_after_it() {
 #[test]
 fn months_close_after_the_close_grace_with_empty_months_and_adjustments() {
     let mut ledger = Ledger::with_rate();
-    ledger.feed(Topic::Deals, grant("g1", "2025-01-05T00:00:00Z", json!({"face_amount": 100_000_000, "consideration": "cash"})));
+    ledger.feed(
+        Topic::Deals,
+        grant("g1", "2025-01-05T00:00:00Z", json!({"face_amount": 100_000_000, "consideration": "cash"})),
+    );
     ledger.feed(Topic::Metering, usage("u1", "2025-01-05T00:00:00Z", "2025-01-05T01:00:00Z", 1));
     // February + 72 h: January closes; March + 72 h: February (empty) closes.
     assert!(statements(&ledger.feed(Topic::Metering, tick("2025-02-03T23:59:59.999Z"))).is_empty());
     let outputs = ledger.feed(Topic::Metering, tick("2025-03-04T00:00:00Z"));
     let closed = statements(&outputs);
-    assert_eq!(closed.iter().map(|statement| statement.period.to_string()).collect::<Vec<_>>(), vec!["2025-01", "2025-02"]);
+    assert_eq!(
+        closed.iter().map(|statement| statement.period.to_string()).collect::<Vec<_>>(),
+        vec!["2025-01", "2025-02"]
+    );
     let january = &closed[0].currencies[0];
     assert_eq!((january.opening_remaining_face, january.closing_remaining_face), (0, 96_400_000));
-    assert_eq!((january.figures.usage_cost, january.figures.consumed_face, january.figures.granted_face), (3_600_000, 3_600_000, 100_000_000));
+    assert_eq!(
+        (january.figures.usage_cost, january.figures.consumed_face, january.figures.granted_face),
+        (3_600_000, 3_600_000, 100_000_000)
+    );
     assert_eq!(closed[0].closed_at, crate::units::Ts(t("2025-02-04T00:00:00Z")));
     let february = &closed[1].currencies[0];
-    assert_eq!((february.opening_remaining_face, february.closing_remaining_face, february.figures.usage_count), (96_400_000, 96_400_000, 0));
+    assert_eq!(
+        (february.opening_remaining_face, february.closing_remaining_face, february.figures.usage_count),
+        (96_400_000, 96_400_000, 0)
+    );
     // Late January usage, within the dedup window: booked in March, adjusting January.
     let outputs = ledger.feed(Topic::Metering, usage("late", "2025-01-31T22:00:00Z", "2025-01-31T23:00:00Z", 1));
     let late = rated(&outputs);
-    assert_eq!((late.period.to_string(), late.adjusts_period.map(|month| month.to_string())), ("2025-03".to_owned(), Some("2025-01".to_owned())));
+    assert_eq!(
+        (late.period.to_string(), late.adjusts_period.map(|month| month.to_string())),
+        ("2025-03".to_owned(), Some("2025-01".to_owned()))
+    );
     assert!(journal(&outputs).iter().all(|entry| entry.adjusts_period == Some(Month::parse("2025-01").unwrap())));
     let outputs = ledger.feed(Topic::Metering, tick("2025-04-04T00:00:00Z"));
     let march = &statements(&outputs)[0].currencies[0];
     assert_eq!(march.adjustments.len(), 1);
-    assert_eq!((march.adjustments[0].period.to_string(), march.adjustments[0].figures.usage_cost), ("2025-01".to_owned(), 3_600_000));
+    assert_eq!(
+        (march.adjustments[0].period.to_string(), march.adjustments[0].figures.usage_cost),
+        ("2025-01".to_owned(), 3_600_000)
+    );
     assert_eq!(march.figures.usage_cost, 3_600_000, "the adjustment is part of the month it is booked in");
 }
 
 #[test]
 fn effects_at_one_instant_fire_alert_then_expiry_then_close() {
-    let mut config = FoldConfig::default();
-    config.expiry_grace = 0;
-    config.close_grace = 0;
+    let config = FoldConfig { expiry_grace: 0, close_grace: 0, ..FoldConfig::default() };
     let mut ledger = Ledger::with(config, 0);
     // g1 expires at 2025-02-01 (= close of January); g2's expiring alert is due then too.
-    ledger.feed(Topic::Deals, grant("g1", "2025-01-05T00:00:00Z", json!({"face_amount": 100, "consideration": "cash", "expires_at": "2025-02-01T00:00:00Z"})));
-    ledger.feed(Topic::Deals, grant("g2", "2025-01-05T00:00:00Z", json!({"face_amount": 100, "consideration": "cash", "expires_at": "2025-03-03T00:00:00Z"})));
+    ledger.feed(
+        Topic::Deals,
+        grant(
+            "g1",
+            "2025-01-05T00:00:00Z",
+            json!({"face_amount": 100, "consideration": "cash", "expires_at": "2025-02-01T00:00:00Z"}),
+        ),
+    );
+    ledger.feed(
+        Topic::Deals,
+        grant(
+            "g2",
+            "2025-01-05T00:00:00Z",
+            json!({"face_amount": 100, "consideration": "cash", "expires_at": "2025-03-03T00:00:00Z"}),
+        ),
+    );
     let outputs = ledger.feed(Topic::Metering, tick("2025-02-01T00:00:00Z"));
     let kinds: Vec<&str> = outputs
         .iter()
@@ -569,7 +750,10 @@ fn effects_at_one_instant_fire_alert_then_expiry_then_close() {
 #[test]
 fn consumption_alerts_fire_once_per_threshold_and_overage_once_per_currency() {
     let mut ledger = Ledger::with_rate();
-    ledger.feed(Topic::Deals, grant("g1", "2025-01-01T00:00:00Z", json!({"face_amount": 10_000, "consideration": "cash"})));
+    ledger.feed(
+        Topic::Deals,
+        grant("g1", "2025-01-01T00:00:00Z", json!({"face_amount": 10_000, "consideration": "cash"})),
+    );
     let second = |ledger: &mut Ledger, id: &str, from: u32, seconds: u32| {
         let start = format!("2025-01-01T00:{:02}:{:02}Z", from / 60, from % 60);
         let end = format!("2025-01-01T00:{:02}:{:02}Z", (from + seconds) / 60, (from + seconds) % 60);
@@ -589,15 +773,46 @@ fn consumption_alerts_fire_once_per_threshold_and_overage_once_per_currency() {
 #[test]
 fn expiring_alert_fires_thirty_days_ahead_once_per_expiry_value() {
     let mut ledger = Ledger::new();
-    ledger.feed(Topic::Deals, grant("g1", "2025-01-01T00:00:00Z", json!({"face_amount": 10, "consideration": "cash", "expires_at": "2025-03-31T00:00:00Z"})));
-    ledger.feed(Topic::Deals, grant("empty", "2025-01-01T00:00:00Z", json!({"face_amount": 10, "consideration": "cash", "expires_at": "2025-03-31T00:00:00Z"})));
+    ledger.feed(
+        Topic::Deals,
+        grant(
+            "g1",
+            "2025-01-01T00:00:00Z",
+            json!({"face_amount": 10, "consideration": "cash", "expires_at": "2025-03-31T00:00:00Z"}),
+        ),
+    );
+    ledger.feed(
+        Topic::Deals,
+        grant(
+            "empty",
+            "2025-01-01T00:00:00Z",
+            json!({"face_amount": 10, "consideration": "cash", "expires_at": "2025-03-31T00:00:00Z"}),
+        ),
+    );
     // 'empty' is revoked: no face remains, no alert.
-    ledger.feed(Topic::Deals, deal_event("rev", "gpuledger.grant.revoked", "2025-01-01T00:00:00Z", json!({"grant_id": "empty"})));
+    ledger.feed(
+        Topic::Deals,
+        deal_event("rev", "gpuledger.grant.revoked", "2025-01-01T00:00:00Z", json!({"grant_id": "empty"})),
+    );
     assert!(alerts(&ledger.feed(Topic::Metering, tick("2025-02-28T23:59:59.999Z"))).is_empty());
-    assert_eq!(alerts(&ledger.feed(Topic::Metering, tick("2025-03-01T00:00:00Z"))), vec![(AlertKind::GrantExpiring, Some("g1".into()), None)]);
+    assert_eq!(
+        alerts(&ledger.feed(Topic::Metering, tick("2025-03-01T00:00:00Z"))),
+        vec![(AlertKind::GrantExpiring, Some("g1".into()), None)]
+    );
     assert!(alerts(&ledger.feed(Topic::Metering, tick("2025-03-02T00:00:00Z"))).is_empty());
-    ledger.feed(Topic::Deals, deal_event("ext", "gpuledger.grant.extended", "2025-03-02T00:00:00Z", json!({"grant_id": "g1", "expires_at": "2025-04-30T00:00:00Z"})));
-    assert_eq!(alerts(&ledger.feed(Topic::Metering, tick("2025-03-31T00:00:00Z"))), vec![(AlertKind::GrantExpiring, Some("g1".into()), None)]);
+    ledger.feed(
+        Topic::Deals,
+        deal_event(
+            "ext",
+            "gpuledger.grant.extended",
+            "2025-03-02T00:00:00Z",
+            json!({"grant_id": "g1", "expires_at": "2025-04-30T00:00:00Z"}),
+        ),
+    );
+    assert_eq!(
+        alerts(&ledger.feed(Topic::Metering, tick("2025-03-31T00:00:00Z"))),
+        vec![(AlertKind::GrantExpiring, Some("g1".into()), None)]
+    );
 }
 
 // ---------------------------------------------------------------- §4 clocks
@@ -605,9 +820,17 @@ fn expiring_alert_fires_thirty_days_ahead_once_per_expiry_value() {
 #[test]
 fn clocks_are_per_startup_and_ticks_move_them_all() {
     let mut ledger = Ledger::with_rate();
-    ledger.feed(Topic::Deals, grant("g1", "2025-01-01T00:00:00Z", json!({"face_amount": 10, "consideration": "cash", "expires_at": "2025-01-02T00:00:00Z"})));
+    ledger.feed(
+        Topic::Deals,
+        grant(
+            "g1",
+            "2025-01-01T00:00:00Z",
+            json!({"face_amount": 10, "consideration": "cash", "expires_at": "2025-01-02T00:00:00Z"}),
+        ),
+    );
     // Another start-up's late usage does not expire acme's grant.
-    let outputs = ledger.feed(Topic::Metering, usage_for("other", "o1", "2025-01-05T00:00:00Z", "2025-01-05T00:00:01Z", 1));
+    let outputs =
+        ledger.feed(Topic::Metering, usage_for("other", "o1", "2025-01-05T00:00:00Z", "2025-01-05T00:00:01Z", 1));
     assert!(journal(&outputs).iter().all(|entry| entry.cause != "expiry"));
     assert_eq!(ledger.startup("acme").clock, t("2025-01-01T00:00:00Z"));
     let outputs = ledger.feed(Topic::Metering, tick("2025-01-03T00:00:00Z"));
@@ -721,7 +944,14 @@ fn rate_duplicates_are_dropped_and_only_partition_zero_writes_rate_dead_letters(
 #[test]
 fn ticks_are_not_deduplicated() {
     let mut ledger = Ledger::new();
-    ledger.feed(Topic::Deals, grant("g1", "2025-01-01T00:00:00Z", json!({"face_amount": 10, "consideration": "cash", "expires_at": "2025-01-02T00:00:00Z"})));
+    ledger.feed(
+        Topic::Deals,
+        grant(
+            "g1",
+            "2025-01-01T00:00:00Z",
+            json!({"face_amount": 10, "consideration": "cash", "expires_at": "2025-01-02T00:00:00Z"}),
+        ),
+    );
     // The same tick id twice with a later time still moves the clock.
     let mut later = tick("2025-01-03T00:00:00Z");
     later["id"] = json!("tick-2025-01-01T00:00:00Z");
@@ -768,13 +998,29 @@ fn envelope_and_schema_violations() {
         (&["data", "tier"][..], Some(json!("premium"))),
         (&["data", "started_at"][..], Some(json!("yesterday"))),
     ] {
-        assert_eq!(reason_of(Topic::Metering, mutate(path, value.clone())), Some(Reason::SchemaViolation), "{path:?} = {value:?}");
+        assert_eq!(
+            reason_of(Topic::Metering, mutate(path, value.clone())),
+            Some(Reason::SchemaViolation),
+            "{path:?} = {value:?}"
+        );
     }
-    let huge: Value = serde_json::from_str(&serde_json::to_string(&good).unwrap().replace("\"gpu_count\":1", "\"gpu_count\":18446744073709551616")).unwrap();
+    let huge: Value = serde_json::from_str(
+        &serde_json::to_string(&good).unwrap().replace("\"gpu_count\":1", "\"gpu_count\":18446744073709551616"),
+    )
+    .unwrap();
     assert_eq!(reason_of(Topic::Metering, huge), Some(Reason::SchemaViolation));
     assert_eq!(reason_of(Topic::Metering, json!([1, 2])), Some(Reason::SchemaViolation));
-    assert_eq!(reason_of(Topic::Deals, grant("g", "2025-01-01T00:00:00Z", json!({"face_amount": 1, "consideration": "equity"}))), Some(Reason::SchemaViolation));
-    assert_eq!(reason_of(Topic::Deals, grant("g", "2025-01-01T00:00:00Z", json!({"face_amount": 1}))), Some(Reason::SchemaViolation));
+    assert_eq!(
+        reason_of(
+            Topic::Deals,
+            grant("g", "2025-01-01T00:00:00Z", json!({"face_amount": 1, "consideration": "equity"}))
+        ),
+        Some(Reason::SchemaViolation)
+    );
+    assert_eq!(
+        reason_of(Topic::Deals, grant("g", "2025-01-01T00:00:00Z", json!({"face_amount": 1}))),
+        Some(Reason::SchemaViolation)
+    );
 }
 
 #[test]
@@ -810,15 +1056,31 @@ fn invalid_fields() {
     bad_currency["data"]["currency"] = json!("usd");
     cases.push(("currency", bad_currency));
     cases.push(("priority", grant("g", at, json!({"face_amount": 1, "consideration": "cash", "priority": 101}))));
-    cases.push(("cash under a deal", grant("g", at, json!({"face_amount": 1, "deal_id": "d", "consideration": "cash"}))));
-    cases.push(("price under a deal", grant("g", at, json!({"face_amount": 1, "deal_id": "d", "transaction_price": 1}))));
-    cases.push(("promotional with price", grant("g", at, json!({"face_amount": 1, "consideration": "promotional", "transaction_price": 0}))));
-    cases.push(("expires before effective", grant("g", at, json!({"face_amount": 1, "consideration": "cash", "expires_at": "2024-12-31T00:00:00Z"}))));
+    cases.push((
+        "cash under a deal",
+        grant("g", at, json!({"face_amount": 1, "deal_id": "d", "consideration": "cash"})),
+    ));
+    cases.push((
+        "price under a deal",
+        grant("g", at, json!({"face_amount": 1, "deal_id": "d", "transaction_price": 1})),
+    ));
+    cases.push((
+        "promotional with price",
+        grant("g", at, json!({"face_amount": 1, "consideration": "promotional", "transaction_price": 0})),
+    ));
+    cases.push((
+        "expires before effective",
+        grant("g", at, json!({"face_amount": 1, "consideration": "cash", "expires_at": "2024-12-31T00:00:00Z"})),
+    ));
     for (name, event) in cases {
         let topic = if event["type"] == "gpuledger.gpu.usage" { Topic::Metering } else { Topic::Deals };
         assert_eq!(reason_of(topic, event), Some(Reason::InvalidField), "{name}");
     }
-    assert_eq!(reason_of(Topic::Metering, usage("u", "2025-01-01T00:00:00Z", "2025-02-01T00:00:00Z", 1)), None, "exactly 31 days is allowed");
+    assert_eq!(
+        reason_of(Topic::Metering, usage("u", "2025-01-01T00:00:00Z", "2025-02-01T00:00:00Z", 1)),
+        None,
+        "exactly 31 days is allowed"
+    );
     let mut negative_price = rate("H800", -1, "2025-01-01T00:00:00Z", 0);
     negative_price["data"]["min_billable_seconds"] = json!(0);
     assert_eq!(reason_of(Topic::Rates, negative_price), Some(Reason::InvalidField));
@@ -832,7 +1094,10 @@ fn balances_carry_liability_rpo_and_escrow() {
     let at = "2025-01-01T00:00:00Z";
     ledger.feed(Topic::Deals, deal("d1", at, 1_000_000, 10_000_000, 9_000_000));
     ledger.feed(Topic::Deals, grant("t1", at, json!({"deal_id": "d1", "face_amount": 4_000_000})));
-    ledger.feed(Topic::Deals, grant("t2", at, json!({"deal_id": "d1", "face_amount": 4_000_000, "escrow": true, "priority": 90})));
+    ledger.feed(
+        Topic::Deals,
+        grant("t2", at, json!({"deal_id": "d1", "face_amount": 4_000_000, "escrow": true, "priority": 90})),
+    );
     // 2 GPU-hours at $3.60 = 7.2M: t1 (4M, price 3.2M) then 3.2M of t2.
     ledger.feed(Topic::Metering, usage("u1", "2025-01-01T00:00:00Z", "2025-01-01T01:00:00Z", 2));
     let usd = ledger.usd("acme");
@@ -841,6 +1106,7 @@ fn balances_carry_liability_rpo_and_escrow() {
     assert_eq!(usd.revenue_compute, 3_200_000 + 2_560_000);
     assert_eq!(usd.contract_liability, 6_400_000 - 5_760_000);
     assert_eq!(usd.rpo, usd.contract_liability + 1_600_000);
-    let grants: Vec<_> = usd.grants.iter().map(|grant| (grant.grant_id.as_str(), grant.state.as_str(), grant.remaining_face)).collect();
+    let grants: Vec<_> =
+        usd.grants.iter().map(|grant| (grant.grant_id.as_str(), grant.state.as_str(), grant.remaining_face)).collect();
     assert_eq!(grants, vec![("t1", "open", 0), ("t2", "open", 800_000)]);
 }

@@ -99,7 +99,12 @@ pub fn commit_ops(state: &TaskState, changes: &Changes) -> Vec<Op> {
     for ((gpu_model, region, tier), effective_from) in &changes.rate_cards {
         let key = (gpu_model.clone(), region.clone(), *tier);
         let card = &state.rates.cards[&key][effective_from];
-        put(&mut ops, Column::Rates, columns::rate_key(partition, gpu_model, region, *tier, *effective_from), json(card));
+        put(
+            &mut ops,
+            Column::Rates,
+            columns::rate_key(partition, gpu_model, region, *tier, *effective_from),
+            json(card),
+        );
     }
     for (identity, digest) in &changes.rate_identities {
         put(&mut ops, Column::RateIds, columns::rate_identity_key(partition, identity), digest.to_vec());
@@ -170,7 +175,8 @@ pub fn load_task(store: &dyn KvStore, partition: u32) -> crate::Result<TaskState
         state.rates.cards.entry(rate_key).or_default().insert(effective_from, card);
     }
     for (key, value) in store.scan_prefix(Column::RateIds, &prefix)? {
-        let identity: [u8; 16] = key.get(4..).and_then(|rest| rest.try_into().ok()).ok_or_else(|| corrupt(Column::RateIds, &key))?;
+        let identity: [u8; 16] =
+            key.get(4..).and_then(|rest| rest.try_into().ok()).ok_or_else(|| corrupt(Column::RateIds, &key))?;
         let digest: [u8; 32] = value.as_slice().try_into().map_err(|_| corrupt(Column::RateIds, &key))?;
         state.rates.remembered.insert(identity, digest);
     }

@@ -51,13 +51,10 @@ impl RocksStore {
         let descriptors = names.iter().map(|name| ColumnFamilyDescriptor::new(name, column_options.clone()));
         let db = match DB::open_cf_descriptors(&db_options, path, descriptors) {
             Ok(db) => db,
-            Err(error) if error.to_string().contains("lock") => bail!(
-                "state directory {} is in use by another gpuledger process ({error})",
-                path.display()
-            ),
-            Err(error) => {
-                return Err(error).with_context(|| format!("opening state directory {}", path.display()))
+            Err(error) if error.to_string().contains("lock") => {
+                bail!("state directory {} is in use by another gpuledger process ({error})", path.display())
             }
+            Err(error) => return Err(error).with_context(|| format!("opening state directory {}", path.display())),
         };
         Ok(RocksStore { db, path: path.to_owned() })
     }
@@ -80,9 +77,8 @@ impl KvStore for RocksStore {
 
     fn scan_prefix(&self, column: Column, prefix: &[u8]) -> crate::Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let mut entries = Vec::new();
-        let iterator = self
-            .db
-            .iterator_cf(self.handle(column)?, rocksdb::IteratorMode::From(prefix, rocksdb::Direction::Forward));
+        let iterator =
+            self.db.iterator_cf(self.handle(column)?, rocksdb::IteratorMode::From(prefix, rocksdb::Direction::Forward));
         for item in iterator {
             let (key, value) = item?;
             if !key.starts_with(prefix) {

@@ -68,7 +68,9 @@ fn the_same_inputs_give_the_same_bytes() {
     with_state.state_dir = Some(dir.path().join("state"));
     with_state.commit_every = 7;
     fold(&with_state);
-    for file in ["usage-rated.jsonl", "journal.jsonl", "statements.jsonl", "alerts.jsonl", "dead-letter.jsonl", "balances.json"] {
+    for file in
+        ["usage-rated.jsonl", "journal.jsonl", "statements.jsonl", "alerts.jsonl", "dead-letter.jsonl", "balances.json"]
+    {
         assert_eq!(
             std::fs::read(dir.path().join("a").join(file)).unwrap(),
             std::fs::read(dir.path().join("b").join(file)).unwrap(),
@@ -145,7 +147,9 @@ fn partitions_matter_only_where_a_late_record_meets_another_topic() {
         "the two start-ups must land in different partitions"
     );
     let usage = |startup: &str, id: &str, start: &str, end: &str| {
-        format!(r#"{{"specversion":"1.0","id":"{id}","source":"m","type":"gpuledger.gpu.usage","subject":"{startup}","time":"{end}","data":{{"cluster_id":"c","region":"r","gpu_model":"H800","tier":"spot","gpu_count":1,"started_at":"{start}","ended_at":"{end}"}}}}"#)
+        format!(
+            r#"{{"specversion":"1.0","id":"{id}","source":"m","type":"gpuledger.gpu.usage","subject":"{startup}","time":"{end}","data":{{"cluster_id":"c","region":"r","gpu_model":"H800","tier":"spot","gpu_count":1,"started_at":"{start}","ended_at":"{end}"}}}}"#
+        )
     };
     std::fs::write(inputs.join("rates.jsonl"), r#"{"specversion":"1.0","id":"r1","source":"p","type":"gpuledger.rate.published","time":"2025-01-01T00:00:00Z","data":{"gpu_model":"H800","region":"r","tier":"spot","currency":"USD","price_per_gpu_hour":3600000,"effective_from":"2025-01-01T00:00:00Z"}}"#.to_owned() + "\n").unwrap();
     std::fs::write(inputs.join("deals.jsonl"), format!(r#"{{"specversion":"1.0","id":"g","source":"crm","type":"gpuledger.credit.granted","subject":"{a}","time":"2025-01-01T00:30:00Z","data":{{"grant_id":"g1","face_amount":100000000,"currency":"USD","effective_at":"2025-01-01T00:00:00Z","consideration":"cash"}}}}"#) + "\n").unwrap();
@@ -160,7 +164,8 @@ fn partitions_matter_only_where_a_late_record_meets_another_topic() {
     two.partitions = 2;
     fold(&two);
     let draws = |name: &str| -> Value {
-        let line = lines(&dir.path().join(name), "usage-rated").into_iter().find(|line| line.contains("a-late")).unwrap();
+        let line =
+            lines(&dir.path().join(name), "usage-rated").into_iter().find(|line| line.contains("a-late")).unwrap();
         serde_json::from_str::<Value>(&line).unwrap()["draws"].clone()
     };
     // One partition: b1 (01:00) waits behind the grant (00:30), so a-late
@@ -198,15 +203,21 @@ fn the_cli_runs_gen_fold_audit_and_refuses_bad_input() {
     let dir = tempfile::tempdir().unwrap();
     let work = dir.path().join("w");
     let trace = super::common::philly_trace();
-    let status = binary().args(["gen", "--jobs", "50", "--out"]).arg(&work).arg("--trace").arg(&trace).status().unwrap();
+    let status =
+        binary().args(["gen", "--jobs", "50", "--out"]).arg(&work).arg("--trace").arg(&trace).status().unwrap();
     assert!(status.success());
     let out = dir.path().join("o");
     let output = binary()
-        .args(["fold", "--rates"]).arg(work.join("rates.jsonl"))
-        .arg("--deals").arg(work.join("deals.jsonl"))
-        .arg("--metering").arg(work.join("metering.jsonl"))
-        .arg("--out").arg(&out)
-        .output().unwrap();
+        .args(["fold", "--rates"])
+        .arg(work.join("rates.jsonl"))
+        .arg("--deals")
+        .arg(work.join("deals.jsonl"))
+        .arg("--metering")
+        .arg(work.join("metering.jsonl"))
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let audit = binary().arg("audit").arg(&out).output().unwrap();
     assert!(audit.status.success());
@@ -227,7 +238,8 @@ fn the_cli_runs_gen_fold_audit_and_refuses_bad_input() {
     let missing = binary()
         .args(["fold", "--rates", "/nonexistent/rates.jsonl", "--deals", "x", "--metering", "y", "--out"])
         .arg(dir.path().join("never"))
-        .output().unwrap();
+        .output()
+        .unwrap();
     assert_eq!(missing.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&missing.stderr);
     assert!(stderr.contains("error: rates input /nonexistent/rates.jsonl is not a readable file"), "{stderr}");

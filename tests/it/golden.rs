@@ -12,7 +12,9 @@ fn the_worked_example_gives_the_checked_in_outputs() {
     let mut options = super::common::options(&fixture, dir.path());
     options.fold.max_future = 60 * DAY_MS;
     super::common::fold(&options);
-    for file in ["usage-rated.jsonl", "journal.jsonl", "statements.jsonl", "alerts.jsonl", "dead-letter.jsonl", "balances.json"] {
+    for file in
+        ["usage-rated.jsonl", "journal.jsonl", "statements.jsonl", "alerts.jsonl", "dead-letter.jsonl", "balances.json"]
+    {
         let expected = std::fs::read_to_string(fixture.join("expected").join(file)).unwrap();
         let actual = std::fs::read_to_string(dir.path().join(file)).unwrap();
         assert_eq!(actual, expected, "{file} differs from the golden file (regenerate with `make golden` if intended)");

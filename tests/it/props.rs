@@ -23,14 +23,59 @@ fn base() -> i64 {
 /// One input, described by small numbers; `to_json` makes it an event.
 #[derive(Clone, Debug)]
 enum Step {
-    Rate { model: u8, price: i64, hours: i64, min_seconds: i64 },
-    Deal { startup: u8, deal: u8, cash: i64, face: i64, fair: i64, hours: i64 },
-    Grant { startup: u8, grant: u8, deal: Option<u8>, face: i64, kind: u8, price: i64, priority: i64, effective: i64, expires: Option<i64>, hours: i64 },
-    Extend { startup: u8, grant: u8, expires: i64, hours: i64 },
-    Revoke { startup: u8, grant: u8, hours: i64 },
-    Cancel { startup: u8, deal: u8, hours: i64 },
-    Usage { startup: u8, id: u8, model: u8, gpus: i64, start: i64, minutes: i64 },
-    Tick { hours: i64 },
+    Rate {
+        model: u8,
+        price: i64,
+        hours: i64,
+        min_seconds: i64,
+    },
+    Deal {
+        startup: u8,
+        deal: u8,
+        cash: i64,
+        face: i64,
+        fair: i64,
+        hours: i64,
+    },
+    Grant {
+        startup: u8,
+        grant: u8,
+        deal: Option<u8>,
+        face: i64,
+        kind: u8,
+        price: i64,
+        priority: i64,
+        effective: i64,
+        expires: Option<i64>,
+        hours: i64,
+    },
+    Extend {
+        startup: u8,
+        grant: u8,
+        expires: i64,
+        hours: i64,
+    },
+    Revoke {
+        startup: u8,
+        grant: u8,
+        hours: i64,
+    },
+    Cancel {
+        startup: u8,
+        deal: u8,
+        hours: i64,
+    },
+    Usage {
+        startup: u8,
+        id: u8,
+        model: u8,
+        gpus: i64,
+        start: i64,
+        minutes: i64,
+    },
+    Tick {
+        hours: i64,
+    },
 }
 
 fn at(hours: i64) -> String {
@@ -40,22 +85,47 @@ fn at(hours: i64) -> String {
 fn step() -> impl Strategy<Value = Step> {
     let hours = 0i64..24 * 80;
     prop_oneof![
-        (0u8..2, 0i64..5_000_000, 0i64..24 * 10, 0i64..120).prop_map(|(model, price, hours, min_seconds)| Step::Rate { model, price, hours, min_seconds }),
+        (0u8..2, 0i64..5_000_000, 0i64..24 * 10, 0i64..120).prop_map(|(model, price, hours, min_seconds)| Step::Rate {
+            model,
+            price,
+            hours,
+            min_seconds
+        }),
         (0u8..2, 0u8..2, 0i64..2_000_000, 1i64..3_000_000, 0i64..5_000_000, hours.clone())
             .prop_map(|(startup, deal, cash, face, fair, hours)| Step::Deal { startup, deal, cash, face, fair, hours }),
-        (0u8..2, 0u8..4, prop::option::of(0u8..2), 1i64..2_000_000, 0u8..3, 0i64..2_000_000, 0i64..101, 0i64..24 * 60, prop::option::of(1i64..24 * 90), hours.clone())
-            .prop_map(|(startup, grant, deal, face, kind, price, priority, effective, expires, hours)| Step::Grant { startup, grant, deal, face, kind, price, priority, effective, expires, hours }),
-        (0u8..2, 0u8..4, 1i64..24 * 120, hours.clone()).prop_map(|(startup, grant, expires, hours)| Step::Extend { startup, grant, expires, hours }),
+        (
+            0u8..2,
+            0u8..4,
+            prop::option::of(0u8..2),
+            1i64..2_000_000,
+            0u8..3,
+            0i64..2_000_000,
+            0i64..101,
+            0i64..24 * 60,
+            prop::option::of(1i64..24 * 90),
+            hours.clone()
+        )
+            .prop_map(|(startup, grant, deal, face, kind, price, priority, effective, expires, hours)| {
+                Step::Grant { startup, grant, deal, face, kind, price, priority, effective, expires, hours }
+            }),
+        (0u8..2, 0u8..4, 1i64..24 * 120, hours.clone()).prop_map(|(startup, grant, expires, hours)| Step::Extend {
+            startup,
+            grant,
+            expires,
+            hours
+        }),
         (0u8..2, 0u8..4, hours.clone()).prop_map(|(startup, grant, hours)| Step::Revoke { startup, grant, hours }),
         (0u8..2, 0u8..2, hours.clone()).prop_map(|(startup, deal, hours)| Step::Cancel { startup, deal, hours }),
-        (0u8..2, 0u8..40, 0u8..3, 1i64..9, 0i64..24 * 80 * 60, 1i64..600)
-            .prop_map(|(startup, id, model, gpus, start, minutes)| Step::Usage { startup, id, model, gpus, start, minutes }),
+        (0u8..2, 0u8..40, 0u8..3, 1i64..9, 0i64..24 * 80 * 60, 1i64..600).prop_map(
+            |(startup, id, model, gpus, start, minutes)| Step::Usage { startup, id, model, gpus, start, minutes }
+        ),
         hours.prop_map(|hours| Step::Tick { hours }),
     ]
 }
 
 fn envelope(id: String, type_name: &str, startup: Option<u8>, time: String, data: Value) -> Value {
-    let mut event = json!({"specversion": "1.0", "id": id, "source": "prop", "type": type_name, "time": time, "data": data});
+    let mut event =
+        json!({"specversion": "1.0", "id": id, "source": "prop", "type": type_name, "time": time, "data": data});
     if let Some(startup) = startup {
         event["subject"] = json!(STARTUPS[usize::from(startup)]);
     }
@@ -66,10 +136,26 @@ impl Step {
     fn to_record(&self, index: usize) -> (Topic, Value) {
         let models = ["H800", "A800", "L20"];
         match self {
-            Step::Rate { model, price, hours, min_seconds } => (Topic::Rates, envelope(format!("rate-{index}"), "gpuledger.rate.published", None, at(*hours),
-                json!({"gpu_model": models[usize::from(*model)], "region": "r", "tier": "spot", "currency": "USD", "price_per_gpu_hour": price, "effective_from": at(*hours), "min_billable_seconds": min_seconds}))),
-            Step::Deal { startup, deal, cash, face, fair, hours } => (Topic::Deals, envelope(format!("deal-{index}"), "gpuledger.deal.signed", Some(*startup), at(*hours),
-                json!({"deal_id": format!("d{deal}"), "investor": "i", "cash_amount": cash, "credit_face_amount": face, "currency": "USD", "equity_fair_value": fair}))),
+            Step::Rate { model, price, hours, min_seconds } => (
+                Topic::Rates,
+                envelope(
+                    format!("rate-{index}"),
+                    "gpuledger.rate.published",
+                    None,
+                    at(*hours),
+                    json!({"gpu_model": models[usize::from(*model)], "region": "r", "tier": "spot", "currency": "USD", "price_per_gpu_hour": price, "effective_from": at(*hours), "min_billable_seconds": min_seconds}),
+                ),
+            ),
+            Step::Deal { startup, deal, cash, face, fair, hours } => (
+                Topic::Deals,
+                envelope(
+                    format!("deal-{index}"),
+                    "gpuledger.deal.signed",
+                    Some(*startup),
+                    at(*hours),
+                    json!({"deal_id": format!("d{deal}"), "investor": "i", "cash_amount": cash, "credit_face_amount": face, "currency": "USD", "equity_fair_value": fair}),
+                ),
+            ),
             Step::Grant { startup, grant, deal, face, kind, price, priority, effective, expires, hours } => {
                 let mut data = json!({"grant_id": format!("g{grant}"), "face_amount": face, "currency": "USD", "effective_at": at(*effective), "priority": priority});
                 match deal {
@@ -84,20 +170,60 @@ impl Step {
                 if let Some(expires) = expires {
                     data["expires_at"] = json!(at(effective + expires));
                 }
-                (Topic::Deals, envelope(format!("grant-{index}"), "gpuledger.credit.granted", Some(*startup), at(*hours), data))
+                (
+                    Topic::Deals,
+                    envelope(format!("grant-{index}"), "gpuledger.credit.granted", Some(*startup), at(*hours), data),
+                )
             }
-            Step::Extend { startup, grant, expires, hours } => (Topic::Deals, envelope(format!("ext-{index}"), "gpuledger.grant.extended", Some(*startup), at(*hours),
-                json!({"grant_id": format!("g{grant}"), "expires_at": at(*expires)}))),
-            Step::Revoke { startup, grant, hours } => (Topic::Deals, envelope(format!("rev-{index}"), "gpuledger.grant.revoked", Some(*startup), at(*hours), json!({"grant_id": format!("g{grant}")}))),
-            Step::Cancel { startup, deal, hours } => (Topic::Deals, envelope(format!("cancel-{index}"), "gpuledger.deal.cancelled", Some(*startup), at(*hours), json!({"deal_id": format!("d{deal}")}))),
+            Step::Extend { startup, grant, expires, hours } => (
+                Topic::Deals,
+                envelope(
+                    format!("ext-{index}"),
+                    "gpuledger.grant.extended",
+                    Some(*startup),
+                    at(*hours),
+                    json!({"grant_id": format!("g{grant}"), "expires_at": at(*expires)}),
+                ),
+            ),
+            Step::Revoke { startup, grant, hours } => (
+                Topic::Deals,
+                envelope(
+                    format!("rev-{index}"),
+                    "gpuledger.grant.revoked",
+                    Some(*startup),
+                    at(*hours),
+                    json!({"grant_id": format!("g{grant}")}),
+                ),
+            ),
+            Step::Cancel { startup, deal, hours } => (
+                Topic::Deals,
+                envelope(
+                    format!("cancel-{index}"),
+                    "gpuledger.deal.cancelled",
+                    Some(*startup),
+                    at(*hours),
+                    json!({"deal_id": format!("d{deal}")}),
+                ),
+            ),
             Step::Usage { startup, id, model, gpus, start, minutes } => {
                 let started = base() + start * 60_000;
                 let ended = started + minutes * 60_000;
                 // Ids repeat (0..40): some repeats are equal duplicates, some conflict.
-                (Topic::Metering, envelope(format!("u{id}"), "gpuledger.gpu.usage", Some(*startup), format_millis(ended),
-                    json!({"cluster_id": "c", "region": "r", "gpu_model": models[usize::from(*model)], "tier": "spot", "gpu_count": gpus, "started_at": format_millis(started), "ended_at": format_millis(ended)})))
+                (
+                    Topic::Metering,
+                    envelope(
+                        format!("u{id}"),
+                        "gpuledger.gpu.usage",
+                        Some(*startup),
+                        format_millis(ended),
+                        json!({"cluster_id": "c", "region": "r", "gpu_model": models[usize::from(*model)], "tier": "spot", "gpu_count": gpus, "started_at": format_millis(started), "ended_at": format_millis(ended)}),
+                    ),
+                )
             }
-            Step::Tick { hours } => (Topic::Metering, json!({"specversion": "1.0", "id": format!("t{index}"), "source": "s", "type": "gpuledger.clock.tick", "time": at(*hours)})),
+            Step::Tick { hours } => (
+                Topic::Metering,
+                json!({"specversion": "1.0", "id": format!("t{index}"), "source": "s", "type": "gpuledger.clock.tick", "time": at(*hours)}),
+            ),
         }
     }
 }
@@ -112,7 +238,14 @@ fn records(steps: &[Step]) -> Vec<(InputRecord, Decoded)> {
             let offset = offsets[topic.index()];
             offsets[topic.index()] += 1;
             let decoded = decode_value(topic, &value);
-            let record = InputRecord { topic, partition: 0, offset, key: None, value: serde_json::to_vec(&value).unwrap(), headers: vec![] };
+            let record = InputRecord {
+                topic,
+                partition: 0,
+                offset,
+                key: None,
+                value: serde_json::to_vec(&value).unwrap(),
+                headers: vec![],
+            };
             (record, decoded)
         })
         .collect()

@@ -12,7 +12,14 @@ fn records(inputs: &std::path::Path) -> Vec<InputRecord> {
     for topic in Topic::ALL {
         let text = std::fs::read(inputs.join(format!("{}.jsonl", topic.name()))).unwrap();
         for (offset, line) in text.split(|byte| *byte == b'\n').filter(|line| !line.is_empty()).enumerate() {
-            all.push(InputRecord { topic, partition: 0, offset: offset as i64, key: None, value: line.to_vec(), headers: vec![] });
+            all.push(InputRecord {
+                topic,
+                partition: 0,
+                offset: offset as i64,
+                key: None,
+                value: line.to_vec(),
+                headers: vec![],
+            });
         }
     }
     all
