@@ -15,14 +15,18 @@
 //! - [`store`]: state persistence (RocksDB, and an in-memory store);
 //! - [`partitioner`]: Kafka's default partitioner (murmur2);
 //! - [`batch`]: the batch mode over JSONL files (`gpuledger fold`);
+//! - [`config`]: configuration of the Kafka-facing commands (TOML, env, flags);
+//! - [`kafka`]: topics, `produce`, `export` and the streaming processor (`run`);
 //! - [`audit`]: the invariants of spec §11 over an output directory;
 //! - [`gen`]: the workload generator over the Philly GPU trace.
 
 pub mod audit;
 pub mod batch;
+pub mod config;
 pub mod events;
 pub mod fold;
 pub mod gen;
+pub mod kafka;
 pub mod partitioner;
 pub mod records;
 pub mod store;

@@ -47,6 +47,78 @@ enum Command {
     },
     /// Print a per-start-up table of a balances.json.
     Table { balances: PathBuf },
+    /// Kafka topics of gpuledger.
+    Topics {
+        #[command(subcommand)]
+        command: TopicsCommand,
+    },
+    /// Publish JSONL files to the input topics (each line as-is).
+    Produce {
+        #[command(flatten)]
+        kafka: KafkaArgs,
+        #[arg(long)]
+        rates: Option<PathBuf>,
+        #[arg(long)]
+        deals: Option<PathBuf>,
+        #[arg(long)]
+        metering: Option<PathBuf>,
+    },
+    /// Run the streaming processor: exactly once from the input topics to the outputs.
+    Run {
+        #[command(flatten)]
+        kafka: KafkaArgs,
+        /// RocksDB state directory (overrides processor.state_dir).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// Commit and stop once every owned input partition is at its end.
+        #[arg(long)]
+        exit_when_caught_up: bool,
+    },
+    /// Read the output topics (deduplicated by identity) into batch-mode files.
+    Export {
+        #[command(flatten)]
+        kafka: KafkaArgs,
+        #[arg(long)]
+        out: PathBuf,
+        /// Only these streams (usage-rated, journal, balances, statements, alerts, dead-letter, progress).
+        #[arg(long, value_delimiter = ',')]
+        topics: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum TopicsCommand {
+    /// Create the input and output topics (inputs keep everything; balances is compacted).
+    Create {
+        #[command(flatten)]
+        kafka: KafkaArgs,
+        /// Partitions of deals, metering and the outputs (rates has one).
+        #[arg(long, default_value_t = 4)]
+        partitions: u32,
+        #[arg(long, default_value_t = 1)]
+        replication_factor: i32,
+    },
+}
+
+#[derive(clap::Args)]
+struct KafkaArgs {
+    /// TOML configuration file (see deploy/gpuledger.toml).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Kafka bootstrap servers (overrides the file and the environment).
+    #[arg(long)]
+    bootstrap_servers: Option<String>,
+}
+
+impl KafkaArgs {
+    fn load(&self, state_dir: Option<PathBuf>) -> anyhow::Result<gpuledger::config::Config> {
+        let environment = std::env::vars().filter(|(name, _)| name.starts_with("GPULEDGER_")).collect();
+        gpuledger::config::Config::load(
+            self.config.as_deref(),
+            &environment,
+            &gpuledger::config::Overrides { bootstrap_servers: self.bootstrap_servers.clone(), state_dir },
+        )
+    }
 }
 
 #[derive(clap::Args)]
@@ -172,6 +244,53 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 summary.deal_lines,
                 summary.rate_lines
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Topics { command: TopicsCommand::Create { kafka, partitions, replication_factor } } => {
+            let config = kafka.load(None)?;
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let report = runtime.block_on(gpuledger::kafka::admin::create_topics(&config, partitions, replication_factor))?;
+            for (topic, outcome) in report {
+                println!("{outcome:>8} {topic}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Produce { kafka, rates, deals, metering } => {
+            let config = kafka.load(None)?;
+            anyhow::ensure!(rates.is_some() || deals.is_some() || metering.is_some(), "nothing to produce: give --rates, --deals and/or --metering");
+            let summary = gpuledger::kafka::produce::produce(&config, [rates.as_deref(), deals.as_deref(), metering.as_deref()])?;
+            println!(
+                "produced {} records from {} rate, {} deal and {} metering lines",
+                summary.records, summary.lines[0], summary.lines[1], summary.lines[2]
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run { kafka, state_dir, exit_when_caught_up } => {
+            let config = kafka.load(state_dir)?;
+            let shutdown = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+            let signal_flag = std::sync::Arc::clone(&shutdown);
+            runtime.spawn(async move {
+                let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = terminate.recv() => {}
+                }
+                tracing::info!("signal received; finishing the cycle");
+                signal_flag.store(true, std::sync::atomic::Ordering::Relaxed);
+            });
+            let options = gpuledger::kafka::processor::RunOptions { exit_when_caught_up };
+            let stats = gpuledger::kafka::processor::run(&config, &options, shutdown)?;
+            println!("{}", serde_json::to_string(&stats)?);
+            runtime.shutdown_background();
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Export { kafka, out, topics } => {
+            let config = kafka.load(None)?;
+            let summary = gpuledger::kafka::export::export(&config, &out, &topics)?;
+            for (stream, (kept, duplicates)) in &summary.streams {
+                println!("{stream}: {kept} records, {duplicates} duplicates dropped");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Table { balances } => {

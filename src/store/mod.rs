@@ -122,15 +122,22 @@ fn parse<T: serde::de::DeserializeOwned>(column: Column, key: &[u8], value: &[u8
     serde_json::from_slice(value).with_context(|| format!("corrupt {} record at key {:?}", column.name(), key))
 }
 
+/// The stored scalars of one partition (offsets, tick clock) without its
+/// state; a partition never committed has offsets 0.
+pub fn load_task_meta(store: &dyn KvStore, partition: u32) -> crate::Result<TaskMeta> {
+    match store.get(Column::Meta, &columns::task_meta_key(partition))? {
+        Some(bytes) => parse(Column::Meta, b"task", &bytes),
+        None => Ok(TaskMeta::default()),
+    }
+}
+
 /// Loads one partition's state; a partition never committed loads empty.
 pub fn load_task(store: &dyn KvStore, partition: u32) -> crate::Result<TaskState> {
     let mut state = TaskState { partition, ..TaskState::default() };
-    if let Some(meta) = store.get(Column::Meta, &columns::task_meta_key(partition))? {
-        let meta: TaskMeta = parse(Column::Meta, b"task", &meta)?;
-        state.tick_clock = meta.tick_clock;
-        state.offsets = meta.offsets;
-        state.rates.duplicates_dropped = meta.rates_duplicates_dropped;
-    }
+    let meta = load_task_meta(store, partition)?;
+    state.tick_clock = meta.tick_clock;
+    state.offsets = meta.offsets;
+    state.rates.duplicates_dropped = meta.rates_duplicates_dropped;
     let prefix = columns::partition_prefix(partition);
     for (key, value) in store.scan_prefix(Column::Startups, &prefix)? {
         let startup: Startup = parse(Column::Startups, &key, &value)?;

@@ -1,0 +1,431 @@
+//! Configuration of the Kafka-facing commands: a TOML file, overridden by
+//! environment variables, overridden by command-line flags.
+//!
+//! Precedence (lowest first): built-in defaults < `--config FILE` <
+//! `GPULEDGER_<SECTION>__<KEY>` environment variables (for example
+//! `GPULEDGER_KAFKA__BOOTSTRAP_SERVERS`, `GPULEDGER_PROCESSOR__COMMIT_INTERVAL`,
+//! `GPULEDGER_KAFKA__PROPERTIES__SASL_PASSWORD` for the librdkafka property
+//! `sasl.password`) < flags such as `--bootstrap-servers`.
+//!
+//! Every problem is reported at once, before anything connects; unknown keys
+//! are errors (a typo must not silently fall back to a default). Values of
+//! librdkafka properties whose names suggest secrets are never printed.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context as _};
+use serde::Deserialize;
+
+use crate::fold::FoldConfig;
+use crate::units::{Millis, DAY_MS, HOUR_MS, MINUTE_MS, SECOND_MS};
+
+/// The file as written; every field optional so layers can merge.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub kafka: RawKafka,
+    #[serde(default)]
+    pub topics: RawTopics,
+    #[serde(default)]
+    pub processor: RawProcessor,
+    #[serde(default)]
+    pub ledger: RawLedger,
+    #[serde(default)]
+    pub clock: RawClock,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKafka {
+    /// `host:port[,host:port...]`; required.
+    pub bootstrap_servers: Option<String>,
+    /// Consumer group of the processor (default `gpuledger`).
+    pub group_id: Option<String>,
+    /// Prefix of the per-partition transactional ids (default `gpuledger`).
+    pub transactional_id_prefix: Option<String>,
+    /// librdkafka properties passed through (SASL, TLS, timeouts, ...).
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTopics {
+    pub rates: Option<String>,
+    pub deals: Option<String>,
+    pub metering: Option<String>,
+    pub usage_rated: Option<String>,
+    pub journal: Option<String>,
+    pub balances: Option<String>,
+    pub statements: Option<String>,
+    pub alerts: Option<String>,
+    pub dead_letter: Option<String>,
+    pub progress: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProcessor {
+    /// RocksDB state directory (default `./gpuledger-state`).
+    pub state_dir: Option<PathBuf>,
+    /// How often a commit cycle runs (default `100ms`).
+    pub commit_interval: Option<String>,
+    /// Encoding of output records: `json` (default) or `avro`.
+    pub output_format: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLedger {
+    pub dedup_window: Option<String>,
+    pub expiry_grace: Option<String>,
+    pub close_grace: Option<String>,
+    pub max_future: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClock {
+    /// Publish ticks to every metering partition at this interval (`off`
+    /// by default).
+    pub tick_interval: Option<String>,
+}
+
+/// Topic names, validated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Topics {
+    pub rates: String,
+    pub deals: String,
+    pub metering: String,
+    pub usage_rated: String,
+    pub journal: String,
+    pub balances: String,
+    pub statements: String,
+    pub alerts: String,
+    pub dead_letter: String,
+    pub progress: String,
+}
+
+impl Topics {
+    pub fn outputs(&self) -> [(&'static str, &str); 7] {
+        [
+            ("usage-rated", &self.usage_rated),
+            ("journal", &self.journal),
+            ("balances", &self.balances),
+            ("statements", &self.statements),
+            ("alerts", &self.alerts),
+            ("dead-letter", &self.dead_letter),
+            ("progress", &self.progress),
+        ]
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutputFormat {
+    Json,
+    Avro,
+}
+
+/// The validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub bootstrap_servers: String,
+    pub group_id: String,
+    pub transactional_id_prefix: String,
+    pub properties: BTreeMap<String, String>,
+    pub topics: Topics,
+    pub state_dir: PathBuf,
+    pub commit_interval: Millis,
+    pub output_format: OutputFormat,
+    pub fold: FoldConfig,
+    pub tick_interval: Option<Millis>,
+}
+
+/// Flags that override the file and the environment.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub bootstrap_servers: Option<String>,
+    pub state_dir: Option<PathBuf>,
+}
+
+/// `90s`, `5m`, `72h`, `35d`, `250ms`.
+pub fn parse_duration(text: &str) -> Result<Millis, String> {
+    let split = text.find(|character: char| !character.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: i64 = number.parse().map_err(|_| format!("{text:?} is not a duration like 250ms, 90s, 5m, 72h or 35d"))?;
+    let unit_ms = match unit {
+        "ms" => 1,
+        "s" => SECOND_MS,
+        "m" => MINUTE_MS,
+        "h" => HOUR_MS,
+        "d" => DAY_MS,
+        _ => return Err(format!("{text:?}: the unit must be ms, s, m, h or d")),
+    };
+    number.checked_mul(unit_ms).ok_or_else(|| format!("{text:?} is too long"))
+}
+
+/// Whether a librdkafka property holds a secret (its value is never shown).
+pub fn is_secret(property: &str) -> bool {
+    ["password", "secret", "key", "token", "credentials"].iter().any(|word| property.contains(word))
+}
+
+impl Config {
+    /// Loads the layers: the file (if any), the environment, the flags.
+    pub fn load(file: Option<&Path>, environment: &BTreeMap<String, String>, overrides: &Overrides) -> crate::Result<Config> {
+        let mut raw = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
+                toml::from_str::<RawConfig>(&text).with_context(|| format!("config file {}", path.display()))?
+            }
+            None => RawConfig::default(),
+        };
+        apply_environment(&mut raw, environment)?;
+        if let Some(servers) = &overrides.bootstrap_servers {
+            raw.kafka.bootstrap_servers = Some(servers.clone());
+        }
+        if let Some(dir) = &overrides.state_dir {
+            raw.processor.state_dir = Some(dir.clone());
+        }
+        Config::validate(raw)
+    }
+
+    /// Checks every setting and reports all problems together.
+    pub fn validate(raw: RawConfig) -> crate::Result<Config> {
+        let mut problems = Vec::new();
+        let mut duration = |name: &str, value: Option<&String>, default: Millis, minimum: Millis| -> Millis {
+            match value.map(|text| parse_duration(text)) {
+                None => default,
+                Some(Ok(millis)) if millis >= minimum => millis,
+                Some(Ok(_)) => {
+                    problems.push(format!("{name} must be at least {minimum} ms"));
+                    default
+                }
+                Some(Err(error)) => {
+                    problems.push(format!("{name}: {error}"));
+                    default
+                }
+            }
+        };
+        let defaults = FoldConfig::default();
+        let fold = FoldConfig {
+            dedup_window: duration("ledger.dedup_window", raw.ledger.dedup_window.as_ref(), defaults.dedup_window, 0),
+            expiry_grace: duration("ledger.expiry_grace", raw.ledger.expiry_grace.as_ref(), defaults.expiry_grace, 0),
+            close_grace: duration("ledger.close_grace", raw.ledger.close_grace.as_ref(), defaults.close_grace, 0),
+            max_future: duration("ledger.max_future", raw.ledger.max_future.as_ref(), defaults.max_future, 0),
+        };
+        let commit_interval = duration("processor.commit_interval", raw.processor.commit_interval.as_ref(), 100, 1);
+        let tick_interval = match raw.clock.tick_interval.as_deref() {
+            None | Some("off") => None,
+            Some(text) => Some(duration("clock.tick_interval", Some(&text.to_owned()), SECOND_MS, SECOND_MS)),
+        };
+        let output_format = match raw.processor.output_format.as_deref() {
+            None | Some("json") => OutputFormat::Json,
+            Some("avro") => OutputFormat::Avro,
+            Some(other) => {
+                problems.push(format!("processor.output_format must be json or avro, not {other:?}"));
+                OutputFormat::Json
+            }
+        };
+        let bootstrap_servers = raw.kafka.bootstrap_servers.clone().unwrap_or_default();
+        if bootstrap_servers.trim().is_empty() {
+            problems.push(
+                "kafka.bootstrap_servers is not set (config file, GPULEDGER_KAFKA__BOOTSTRAP_SERVERS or --bootstrap-servers)"
+                    .to_owned(),
+            );
+        }
+        for (property, _) in &raw.kafka.properties {
+            if ["bootstrap.servers", "group.id", "transactional.id", "enable.auto.commit", "isolation.level"]
+                .contains(&property.as_str())
+            {
+                problems.push(format!(
+                    "kafka.properties.{property:?} is set by gpuledger itself (use the kafka section's own keys)"
+                ));
+            }
+        }
+        let topic = |value: &Option<String>, default: &str| value.clone().unwrap_or_else(|| default.to_owned());
+        let topics = Topics {
+            rates: topic(&raw.topics.rates, "gpuledger.rates"),
+            deals: topic(&raw.topics.deals, "gpuledger.deals"),
+            metering: topic(&raw.topics.metering, "gpuledger.metering"),
+            usage_rated: topic(&raw.topics.usage_rated, "gpuledger.usage-rated"),
+            journal: topic(&raw.topics.journal, "gpuledger.journal"),
+            balances: topic(&raw.topics.balances, "gpuledger.balances"),
+            statements: topic(&raw.topics.statements, "gpuledger.statements"),
+            alerts: topic(&raw.topics.alerts, "gpuledger.alerts"),
+            dead_letter: topic(&raw.topics.dead_letter, "gpuledger.dead-letter"),
+            progress: topic(&raw.topics.progress, "gpuledger.progress"),
+        };
+        let all_topics = [
+            &topics.rates,
+            &topics.deals,
+            &topics.metering,
+            &topics.usage_rated,
+            &topics.journal,
+            &topics.balances,
+            &topics.statements,
+            &topics.alerts,
+            &topics.dead_letter,
+            &topics.progress,
+        ];
+        for (index, name) in all_topics.iter().enumerate() {
+            let valid = !name.is_empty()
+                && name.len() <= 249
+                && name.bytes().all(|byte| byte.is_ascii_alphanumeric() || b"._-".contains(&byte));
+            if !valid {
+                problems.push(format!("topic name {name:?} is not a valid Kafka topic name"));
+            }
+            if all_topics[..index].contains(name) {
+                problems.push(format!("topic {name:?} is configured twice"));
+            }
+        }
+        if !problems.is_empty() {
+            bail!("invalid configuration:\n  - {}", problems.join("\n  - "));
+        }
+        Ok(Config {
+            bootstrap_servers,
+            group_id: raw.kafka.group_id.unwrap_or_else(|| "gpuledger".to_owned()),
+            transactional_id_prefix: raw.kafka.transactional_id_prefix.unwrap_or_else(|| "gpuledger".to_owned()),
+            properties: raw.kafka.properties,
+            topics,
+            state_dir: raw.processor.state_dir.unwrap_or_else(|| PathBuf::from("gpuledger-state")),
+            commit_interval,
+            output_format,
+            fold,
+            tick_interval,
+        })
+    }
+
+    /// The librdkafka properties for one client, with secrets masked in
+    /// [`Config::describe`].
+    pub fn client_properties(&self) -> Vec<(String, String)> {
+        let mut properties = vec![("bootstrap.servers".to_owned(), self.bootstrap_servers.clone())];
+        properties.extend(self.properties.iter().map(|(key, value)| (key.clone(), value.clone())));
+        properties
+    }
+
+    /// A one-line summary for the logs, secrets masked.
+    pub fn describe(&self) -> String {
+        let properties: Vec<String> = self
+            .properties
+            .iter()
+            .map(|(key, value)| if is_secret(key) { format!("{key}=***") } else { format!("{key}={value}") })
+            .collect();
+        format!(
+            "bootstrap_servers={} group_id={} state_dir={} commit_interval={}ms properties=[{}]",
+            self.bootstrap_servers,
+            self.group_id,
+            self.state_dir.display(),
+            self.commit_interval,
+            properties.join(", ")
+        )
+    }
+}
+
+/// `GPULEDGER_<SECTION>__<KEY>` variables onto the raw config. Unknown
+/// `GPULEDGER_` variables are errors, like unknown keys in the file.
+fn apply_environment(raw: &mut RawConfig, environment: &BTreeMap<String, String>) -> crate::Result<()> {
+    let mut problems = Vec::new();
+    for (name, value) in environment {
+        let Some(path) = name.strip_prefix("GPULEDGER_") else { continue };
+        if path == "LOG" {
+            continue;
+        }
+        let parts: Vec<String> = path.split("__").map(str::to_ascii_lowercase).collect();
+        let value = Some(value.clone());
+        let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+        match parts.as_slice() {
+            ["kafka", "bootstrap_servers"] => raw.kafka.bootstrap_servers = value,
+            ["kafka", "group_id"] => raw.kafka.group_id = value,
+            ["kafka", "transactional_id_prefix"] => raw.kafka.transactional_id_prefix = value,
+            ["kafka", "properties", property] => {
+                raw.kafka.properties.insert(property.replace('_', "."), value.unwrap_or_default());
+            }
+            ["processor", "state_dir"] => raw.processor.state_dir = value.map(PathBuf::from),
+            ["processor", "commit_interval"] => raw.processor.commit_interval = value,
+            ["processor", "output_format"] => raw.processor.output_format = value,
+            ["ledger", "dedup_window"] => raw.ledger.dedup_window = value,
+            ["ledger", "expiry_grace"] => raw.ledger.expiry_grace = value,
+            ["ledger", "close_grace"] => raw.ledger.close_grace = value,
+            ["ledger", "max_future"] => raw.ledger.max_future = value,
+            ["clock", "tick_interval"] => raw.clock.tick_interval = value,
+            ["topics", topic] => {
+                let slot = match *topic {
+                    "rates" => &mut raw.topics.rates,
+                    "deals" => &mut raw.topics.deals,
+                    "metering" => &mut raw.topics.metering,
+                    "usage_rated" => &mut raw.topics.usage_rated,
+                    "journal" => &mut raw.topics.journal,
+                    "balances" => &mut raw.topics.balances,
+                    "statements" => &mut raw.topics.statements,
+                    "alerts" => &mut raw.topics.alerts,
+                    "dead_letter" => &mut raw.topics.dead_letter,
+                    "progress" => &mut raw.topics.progress,
+                    _ => {
+                        problems.push(format!("{name}: no topic {topic:?}"));
+                        continue;
+                    }
+                };
+                *slot = value;
+            }
+            _ => problems.push(format!("{name} is not a gpuledger setting")),
+        }
+    }
+    if !problems.is_empty() {
+        bail!("invalid environment:\n  - {}", problems.join("\n  - "));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(key, value)| (key.to_string(), value.to_string())).collect()
+    }
+
+    #[test]
+    fn layers_apply_in_order() {
+        let dir = std::env::temp_dir().join(format!("gpuledger-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("gpuledger.toml");
+        std::fs::write(
+            &file,
+            "[kafka]\nbootstrap_servers = \"file:9092\"\ngroup_id = \"billing\"\n[processor]\ncommit_interval = \"250ms\"\n[topics]\njournal = \"fin.journal\"\n",
+        )
+        .unwrap();
+        let environment = env(&[("GPULEDGER_PROCESSOR__COMMIT_INTERVAL", "1s"), ("GPULEDGER_KAFKA__PROPERTIES__SASL_PASSWORD", "hunter2")]);
+        let config = Config::load(Some(&file), &environment, &Overrides { bootstrap_servers: Some("flag:9092".into()), state_dir: None }).unwrap();
+        assert_eq!(config.bootstrap_servers, "flag:9092");
+        assert_eq!(config.group_id, "billing");
+        assert_eq!(config.commit_interval, 1000);
+        assert_eq!(config.topics.journal, "fin.journal");
+        assert_eq!(config.topics.rates, "gpuledger.rates");
+        assert_eq!(config.properties["sasl.password"], "hunter2");
+        assert!(!config.describe().contains("hunter2"), "secrets are never shown");
+        assert!(config.describe().contains("sasl.password=***"));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let raw: RawConfig = toml::from_str(
+            "[processor]\ncommit_interval = \"soon\"\noutput_format = \"xml\"\n[topics]\njournal = \"gpuledger.deals\"\n[kafka.properties]\n\"group.id\" = \"x\"\n",
+        )
+        .unwrap();
+        let error = Config::validate(raw).unwrap_err().to_string();
+        for expected in ["commit_interval", "output_format", "bootstrap_servers", "configured twice", "group.id"] {
+            assert!(error.contains(expected), "{expected} missing from: {error}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_and_variables_are_errors() {
+        assert!(toml::from_str::<RawConfig>("[kafka]\nbootstrap_server = \"x\"\n").is_err());
+        let mut raw = RawConfig::default();
+        let error = apply_environment(&mut raw, &env(&[("GPULEDGER_KAFKA__BOOTSTRAP", "x")])).unwrap_err();
+        assert!(error.to_string().contains("GPULEDGER_KAFKA__BOOTSTRAP is not a gpuledger setting"));
+    }
+}

@@ -1,0 +1,668 @@
+//! `gpuledger run`: the fold, live on Kafka, exactly once.
+//!
+//! # Shape
+//! One process joins the consumer group on the deals and metering topics
+//! (co-partitioned). Each assigned partition p is a task: the fold's
+//! [`Task`], its own transactional producer (`transactional.id` =
+//! `<prefix>-<p>`, so a new owner of p fences the old one), and its own
+//! consumer of the whole rates topic. Records are merged by event time
+//! (spec §4) and folded; every `commit_interval` a task's outputs, its
+//! balances and progress records and its input offsets go out in one Kafka
+//! transaction, and only after the commit is its state written to RocksDB.
+//!
+//! # Recovery
+//! On assignment of p the task loads its state and stored offsets o_r from
+//! RocksDB and reads the group's committed offsets o_k (o_r <= o_k: RocksDB
+//! is written after the commit). It re-folds [o_r, o_k) with outputs
+//! suppressed — they were published already — then goes on. A partition
+//! with no local state is rebuilt from offset 0 the same way. An aborted or
+//! failed transaction drops the task's uncommitted state: the task is
+//! rebuilt from RocksDB and its inputs rewound.
+//!
+//! # Known gap
+//! The re-fold merges [o_r, o_k) by the spec's rule; it does not yet follow
+//! the order recorded in the progress topic, so a late record that met
+//! another topic's record live can be re-folded in another order.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use serde::Serialize;
+
+use crate::config::{Config, OutputFormat};
+use crate::events::avro::{OutputEncoder, SchemaRegistry};
+use crate::events::{decode_record, Decoded, InputRecord, Topic};
+use crate::fold::merge::{choose, Choice, Head};
+use crate::fold::{Task, TopicNames};
+use crate::records::{InputOffset, Output};
+use crate::store::rocks::RocksStore;
+use crate::store::{self, KvStore};
+
+const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often the high watermark of an input without a buffered head is
+/// asked for, to tell "caught up" from "not fetched yet".
+const WATERMARK_REFRESH: Duration = Duration::from_millis(200);
+
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    pub exit_when_caught_up: bool,
+}
+
+/// Counters a run reports (and tests read).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct RunStats {
+    /// Records folded with their outputs published.
+    pub records_folded: u64,
+    /// Records re-folded with outputs suppressed (recovery).
+    pub records_refolded: u64,
+    pub transactions_committed: u64,
+    pub transactions_aborted: u64,
+    pub partitions_assigned: u64,
+}
+
+/// A partition assigned by the group, with its offsets.
+#[derive(Clone, Debug)]
+struct Assigned {
+    partition: u32,
+    /// Group-committed offsets of deals and metering (o_k).
+    committed: [i64; 2],
+}
+
+#[derive(Debug)]
+enum GroupEvent {
+    Assigned(Vec<Assigned>),
+    Revoked(Vec<u32>),
+}
+
+/// Rebalances: assign from the offsets stored in RocksDB (not the group's),
+/// and tell the loop what changed.
+struct GroupContext {
+    store: Arc<Mutex<RocksStore>>,
+    deals: String,
+    metering: String,
+    events: Mutex<Vec<GroupEvent>>,
+}
+
+impl ClientContext for GroupContext {}
+
+impl GroupContext {
+    fn assign(&self, consumer: &BaseConsumer<Self>, list: &mut TopicPartitionList) -> crate::Result<Vec<Assigned>> {
+        let committed = consumer.committed_offsets(list.clone(), super::METADATA_TIMEOUT)?;
+        let mut by_partition: BTreeMap<u32, Assigned> = BTreeMap::new();
+        for element in committed.elements() {
+            let partition = element.partition() as u32;
+            let offset = element.offset().to_raw().filter(|offset| *offset >= 0).unwrap_or(0);
+            let entry = by_partition.entry(partition).or_insert(Assigned { partition, committed: [0, 0] });
+            let slot = if element.topic() == self.deals { 0 } else { 1 };
+            entry.committed[slot] = offset;
+        }
+        let store = self.store.lock().expect("store lock");
+        for assigned in by_partition.values() {
+            let stored = store::load_task_meta(&*store, assigned.partition)?.offsets;
+            for (slot, topic) in [(0usize, &self.deals), (1, &self.metering)] {
+                let from = stored[slot + 1];
+                if from > assigned.committed[slot] {
+                    bail!(
+                        "partition {}: local state is at {topic} offset {from}, beyond the group's committed {}; \
+                         the group's offsets were reset: move the state directory away to rebuild",
+                        assigned.partition,
+                        assigned.committed[slot]
+                    );
+                }
+                list.set_partition_offset(topic, assigned.partition as i32, Offset::Offset(from))?;
+            }
+        }
+        consumer.assign(list)?;
+        Ok(by_partition.into_values().collect())
+    }
+}
+
+impl ConsumerContext for GroupContext {
+    fn rebalance(&self, consumer: &BaseConsumer<Self>, error: RDKafkaRespErr, list: &mut TopicPartitionList) {
+        match error {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => match self.assign(consumer, list) {
+                Ok(assigned) => {
+                    tracing::info!(partitions = ?assigned.iter().map(|a| a.partition).collect::<Vec<_>>(), "partitions assigned");
+                    self.events.lock().expect("events lock").push(GroupEvent::Assigned(assigned));
+                }
+                Err(error) => {
+                    tracing::error!(error = %format!("{error:#}"), "cannot take the assigned partitions");
+                    let _ = consumer.unassign();
+                    self.events.lock().expect("events lock").push(GroupEvent::Revoked(Vec::new()));
+                }
+            },
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                let partitions: Vec<u32> = list.elements().iter().map(|element| element.partition() as u32).collect();
+                tracing::info!(?partitions, "partitions revoked");
+                let _ = consumer.unassign();
+                self.events.lock().expect("events lock").push(GroupEvent::Revoked(partitions));
+            }
+            other => tracing::error!(error = ?other, "rebalance error"),
+        }
+    }
+}
+
+/// One assigned partition's task.
+struct TaskRunner {
+    partition: u32,
+    task: Task,
+    producer: BaseProducer,
+    rates: BaseConsumer,
+    rates_caught_up: bool,
+    buffers: [VecDeque<(InputRecord, Decoded)>; 3],
+    /// Next offset expected per input (rates, deals, metering).
+    expected: [i64; 3],
+    high_watermarks: [i64; 3],
+    watermarks_at: Instant,
+    /// Group-committed offsets (o_k) of deals and metering: below them the
+    /// outputs were published already.
+    suppress_below: [i64; 2],
+    pending: Vec<Output>,
+    segments: Vec<(Topic, i64, i64)>,
+    folded_since_commit: u64,
+}
+
+impl TaskRunner {
+    fn refolding(&self) -> bool {
+        self.expected[1] < self.suppress_below[0] || self.expected[2] < self.suppress_below[1]
+    }
+
+    fn head(&mut self, topic: Topic, consumer: &BaseConsumer<GroupContext>, config: &Config) -> Head {
+        if let Some((_, decoded)) = self.buffers[topic.index()].front() {
+            // While re-folding, an input at its committed offset waits for the others.
+            if topic != Topic::Rates && self.refolding() {
+                let slot = topic.index() - 1;
+                if self.buffers[topic.index()].front().is_some_and(|(record, _)| record.offset >= self.suppress_below[slot]) {
+                    return Head::CaughtUp;
+                }
+            }
+            return Head::Ready(decoded.time);
+        }
+        if topic == Topic::Rates {
+            return if self.rates_caught_up { Head::CaughtUp } else { Head::Pending };
+        }
+        if self.refolding() && self.expected[topic.index()] >= self.suppress_below[topic.index() - 1] {
+            return Head::CaughtUp;
+        }
+        if self.watermarks_at.elapsed() >= WATERMARK_REFRESH {
+            self.watermarks_at = Instant::now();
+            for input in [Topic::Deals, Topic::Metering] {
+                let name = if input == Topic::Deals { &config.topics.deals } else { &config.topics.metering };
+                if let Ok((_, high)) = consumer.fetch_watermarks(name, self.partition as i32, Duration::from_secs(5)) {
+                    self.high_watermarks[input.index()] = high;
+                }
+            }
+        }
+        if self.expected[topic.index()] >= self.high_watermarks[topic.index()] {
+            Head::CaughtUp
+        } else {
+            Head::Pending
+        }
+    }
+
+    fn caught_up(&self) -> bool {
+        self.buffers.iter().all(VecDeque::is_empty)
+            && self.rates_caught_up
+            && self.expected[1] >= self.high_watermarks[1]
+            && self.expected[2] >= self.high_watermarks[2]
+            && self.pending.is_empty()
+            && self.folded_since_commit == 0
+    }
+}
+
+fn to_input(topic: Topic, message: &rdkafka::message::BorrowedMessage<'_>) -> InputRecord {
+    let headers = message
+        .headers()
+        .map(|headers| headers.iter().map(|header| (header.key.to_owned(), header.value.map(<[u8]>::to_vec))).collect())
+        .unwrap_or_default();
+    InputRecord {
+        topic,
+        partition: message.partition() as u32,
+        offset: message.offset(),
+        key: message.key().map(<[u8]>::to_vec),
+        value: message.payload().unwrap_or_default().to_vec(),
+        headers,
+    }
+}
+
+/// Drops a Kafka client on another thread and waits for it at most 10 s:
+/// librdkafka's teardown can hang right after a transactional cycle.
+pub fn close_in_background<T: Send + 'static>(client: T) {
+    let (done, wait) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        drop(client);
+        let _ = done.send(());
+    });
+    if wait.recv_timeout(Duration::from_secs(10)).is_err() {
+        tracing::warn!("a Kafka client did not close within 10 s; leaving it behind");
+    }
+}
+
+struct Processor<'a> {
+    config: &'a Config,
+    names: TopicNames,
+    store: Arc<Mutex<RocksStore>>,
+    consumer: BaseConsumer<GroupContext>,
+    runners: BTreeMap<u32, TaskRunner>,
+    registry: SchemaRegistry,
+    encoder: OutputEncoder,
+    stats: RunStats,
+}
+
+impl Processor<'_> {
+    fn new_runner(&self, assigned: &Assigned) -> crate::Result<TaskRunner> {
+        let partition = assigned.partition;
+        let state = store::load_task(&*self.store.lock().expect("store lock"), partition)?;
+        let offsets = state.offsets;
+        let producer: BaseProducer = super::client_config(
+            self.config,
+            &[
+                ("transactional.id", &format!("{}-{partition}", self.config.transactional_id_prefix)),
+                ("enable.idempotence", "true"),
+                ("transaction.timeout.ms", "60000"),
+                // Below the transaction timeout, as librdkafka requires.
+                ("message.timeout.ms", "50000"),
+                ("linger.ms", "5"),
+            ],
+        )
+        .create()
+        .context("creating a transactional producer")?;
+        producer.init_transactions(TRANSACTION_TIMEOUT).context("initialising transactions")?;
+        let rates: BaseConsumer = super::client_config(
+            self.config,
+            &[
+                ("group.id", &format!("{}-rates", self.config.group_id)),
+                ("enable.auto.commit", "false"),
+                ("isolation.level", "read_committed"),
+                ("enable.partition.eof", "true"),
+            ],
+        )
+        .create()
+        .context("creating the rates consumer")?;
+        let mut list = TopicPartitionList::new();
+        list.add_partition_offset(&self.config.topics.rates, 0, Offset::Offset(offsets[0]))?;
+        rates.assign(&list)?;
+        tracing::info!(
+            partition,
+            stored = ?offsets,
+            committed = ?assigned.committed,
+            "task starting: re-folding from the stored offsets to the committed ones with outputs suppressed"
+        );
+        Ok(TaskRunner {
+            partition,
+            task: Task::new(self.config.fold, state),
+            producer,
+            rates,
+            rates_caught_up: false,
+            buffers: Default::default(),
+            expected: offsets,
+            // Unknown until asked: not caught up.
+            high_watermarks: [i64::MAX; 3],
+            watermarks_at: Instant::now() - WATERMARK_REFRESH,
+            suppress_below: assigned.committed,
+            pending: Vec::new(),
+            segments: Vec::new(),
+            folded_since_commit: 0,
+        })
+    }
+
+    fn handle_group_events(&mut self) -> crate::Result<()> {
+        let events: Vec<GroupEvent> = std::mem::take(&mut *self.consumer.context().events.lock().expect("events lock"));
+        for event in events {
+            match event {
+                GroupEvent::Revoked(partitions) => {
+                    // Uncommitted work is dropped: the next owner redoes it.
+                    let revoked: Vec<u32> = if partitions.is_empty() { self.runners.keys().copied().collect() } else { partitions };
+                    for partition in revoked {
+                        if let Some(runner) = self.runners.remove(&partition) {
+                            close_in_background(runner.producer);
+                            close_in_background(runner.rates);
+                        }
+                    }
+                }
+                GroupEvent::Assigned(assigned) => {
+                    for entry in assigned {
+                        let runner = self.new_runner(&entry)?;
+                        self.stats.partitions_assigned += 1;
+                        self.runners.insert(entry.partition, runner);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves fetched records into the tasks' buffers.
+    fn poll_inputs(&mut self) -> crate::Result<bool> {
+        let mut received = false;
+        for _ in 0..10_000 {
+            let Some(result) = self.consumer.poll(Duration::ZERO) else { break };
+            let message = match result {
+                Ok(message) => message,
+                Err(KafkaError::PartitionEOF(_)) => continue,
+                Err(error) => {
+                    tracing::warn!(%error, "consumer error");
+                    continue;
+                }
+            };
+            let topic = if message.topic() == self.config.topics.deals { Topic::Deals } else { Topic::Metering };
+            let Some(runner) = self.runners.get_mut(&(message.partition() as u32)) else { continue };
+            if message.offset() < runner.expected[topic.index()] {
+                continue;
+            }
+            let record = to_input(topic, &message);
+            runner.expected[topic.index()] = record.offset + 1;
+            let decoded = decode_record(topic, &record.value, &self.registry);
+            runner.buffers[topic.index()].push_back((record, decoded));
+            received = true;
+        }
+        for runner in self.runners.values_mut() {
+            for _ in 0..10_000 {
+                match runner.rates.poll(Duration::ZERO) {
+                    None => break,
+                    Some(Err(KafkaError::PartitionEOF(_))) => runner.rates_caught_up = true,
+                    Some(Err(error)) => tracing::warn!(%error, "rates consumer error"),
+                    Some(Ok(message)) => {
+                        if message.offset() < runner.expected[0] {
+                            continue;
+                        }
+                        let record = to_input(Topic::Rates, &message);
+                        runner.expected[0] = record.offset + 1;
+                        runner.rates_caught_up = false;
+                        let decoded = decode_record(Topic::Rates, &record.value, &self.registry);
+                        runner.buffers[0].push_back((record, decoded));
+                        received = true;
+                    }
+                }
+            }
+        }
+        Ok(received)
+    }
+
+    /// Folds what the merge allows; returns the number of records taken.
+    fn fold(&mut self) -> u64 {
+        let mut taken = 0;
+        let partitions: Vec<u32> = self.runners.keys().copied().collect();
+        for partition in partitions {
+            let runner = self.runners.get_mut(&partition).expect("listed");
+            loop {
+                let mut heads = [Head::CaughtUp; 3];
+                for topic in Topic::ALL {
+                    heads[topic.index()] = runner.head(topic, &self.consumer, self.config);
+                }
+                let topic = match choose(heads) {
+                    Choice::Take(topic) => topic,
+                    Choice::Wait | Choice::Idle => break,
+                };
+                let refolding = runner.refolding();
+                let (record, decoded) = runner.buffers[topic.index()].pop_front().expect("a head");
+                match runner.segments.last_mut() {
+                    Some((last, _, to)) if *last == topic && *to == record.offset => *to = record.offset + 1,
+                    _ => runner.segments.push((topic, record.offset, record.offset + 1)),
+                }
+                if refolding {
+                    let mut discarded = Vec::new();
+                    runner.task.fold(&record, decoded, &mut discarded);
+                    self.stats.records_refolded += 1;
+                    if !runner.refolding() {
+                        // Caught up with what Kafka has: persist, no transaction.
+                        let changes = runner.task.take_changes();
+                        let ops = store::commit_ops(runner.task.state(), &changes);
+                        if let Err(error) = self.store.lock().expect("store lock").write(ops) {
+                            tracing::error!(partition, error = %format!("{error:#}"), "writing re-folded state");
+                        }
+                        runner.segments.clear();
+                        tracing::info!(partition, "re-fold done; processing live");
+                    }
+                } else {
+                    runner.task.fold(&record, decoded, &mut runner.pending);
+                    runner.folded_since_commit += 1;
+                    self.stats.records_folded += 1;
+                }
+                taken += 1;
+                if runner.folded_since_commit >= 50_000 {
+                    break;
+                }
+            }
+        }
+        taken
+    }
+
+    /// One commit cycle for each task with work: outputs, balances and
+    /// progress and the input offsets in one transaction, then RocksDB.
+    fn commit(&mut self) -> crate::Result<()> {
+        let partitions: Vec<u32> = self.runners.keys().copied().collect();
+        for partition in partitions {
+            let runner = &self.runners[&partition];
+            if runner.folded_since_commit == 0 || runner.refolding() {
+                continue;
+            }
+            match self.commit_task(partition) {
+                Ok(()) => self.stats.transactions_committed += 1,
+                Err(error) => {
+                    self.stats.transactions_aborted += 1;
+                    tracing::warn!(partition, error = %format!("{error:#}"), "commit failed; rebuilding the task from its committed state");
+                    self.rebuild(partition)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn commit_task(&mut self, partition: u32) -> crate::Result<()> {
+        let topics = &self.config.topics;
+        let group_metadata = self.consumer.group_metadata().context("no consumer group metadata")?;
+        let runner = self.runners.get_mut(&partition).expect("committing a known task");
+        let changes = runner.task.take_changes();
+        let mut records: Vec<(&str, Option<Vec<u8>>, Vec<u8>)> = Vec::with_capacity(runner.pending.len() + 8);
+        let outputs = std::mem::take(&mut runner.pending);
+        for output in &outputs {
+            let topic = match output {
+                Output::UsageRated(_) => &topics.usage_rated,
+                Output::Journal(_) => &topics.journal,
+                Output::Statement(_) => &topics.statements,
+                Output::Alert(_) => &topics.alerts,
+                Output::DeadLetter(_) => &topics.dead_letter,
+            };
+            let value = match self.config.output_format {
+                OutputFormat::Json => output.to_json(),
+                OutputFormat::Avro => output.to_avro(&self.encoder)?,
+            };
+            records.push((topic, output.key().map(<[u8]>::to_vec), value));
+        }
+        for startup in &changes.balances {
+            if let Some(balances) = runner.task.balances(startup, &self.names) {
+                let value = serde_json::to_vec(&balances)?;
+                records.push((&topics.balances, Some(startup.as_bytes().to_vec()), value));
+            }
+        }
+        let offsets = runner.task.offsets(&self.names);
+        let progress = Progress {
+            task: partition,
+            offsets: offsets.clone(),
+            segments: runner
+                .segments
+                .iter()
+                .map(|(topic, from, to)| Segment { topic: self.names.name(*topic).to_owned(), from: *from, to: *to })
+                .collect(),
+            records: runner.folded_since_commit,
+        };
+        records.push((&topics.progress, Some(format!("task-{partition}").into_bytes()), serde_json::to_vec(&progress)?));
+
+        let producer = &runner.producer;
+        producer.begin_transaction().context("beginning a transaction")?;
+        for (topic, key, value) in &records {
+            loop {
+                let mut record = BaseRecord::<[u8], [u8]>::to(topic).partition(partition as i32).payload(value);
+                if let Some(key) = key {
+                    record = record.key(key);
+                }
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), _)) => {
+                        producer.poll(Duration::from_millis(10));
+                    }
+                    Err((error, _)) => {
+                        let _ = producer.abort_transaction(TRANSACTION_TIMEOUT);
+                        return Err(error).context("producing an output record");
+                    }
+                }
+            }
+        }
+        let mut consumed = TopicPartitionList::new();
+        consumed.add_partition_offset(&topics.deals, partition as i32, Offset::Offset(runner.task.state().offsets[1]))?;
+        consumed.add_partition_offset(&topics.metering, partition as i32, Offset::Offset(runner.task.state().offsets[2]))?;
+        let sent = producer
+            .send_offsets_to_transaction(&consumed, &group_metadata, TRANSACTION_TIMEOUT)
+            .and_then(|()| producer.commit_transaction(TRANSACTION_TIMEOUT));
+        if let Err(error) = sent {
+            let _ = producer.abort_transaction(TRANSACTION_TIMEOUT);
+            return Err(error).context("committing the transaction");
+        }
+        // Only now: the state and offsets the transaction published.
+        let ops = store::commit_ops(runner.task.state(), &changes);
+        self.store.lock().expect("store lock").write(ops).context("writing the committed state to RocksDB")?;
+        runner.segments.clear();
+        runner.folded_since_commit = 0;
+        Ok(())
+    }
+
+    /// Drops a task's uncommitted state: reload it and rewind its inputs.
+    fn rebuild(&mut self, partition: u32) -> crate::Result<()> {
+        let Some(old) = self.runners.remove(&partition) else { return Ok(()) };
+        close_in_background(old.producer);
+        close_in_background(old.rates);
+        let committed = {
+            let mut list = TopicPartitionList::new();
+            list.add_partition(&self.config.topics.deals, partition as i32);
+            list.add_partition(&self.config.topics.metering, partition as i32);
+            let committed = self.consumer.committed_offsets(list, super::METADATA_TIMEOUT)?;
+            let read = |topic: &str| {
+                committed
+                    .find_partition(topic, partition as i32)
+                    .and_then(|entry| entry.offset().to_raw())
+                    .filter(|offset| *offset >= 0)
+                    .unwrap_or(0)
+            };
+            [read(&self.config.topics.deals), read(&self.config.topics.metering)]
+        };
+        let assigned = Assigned { partition, committed };
+        let runner = self.new_runner(&assigned)?;
+        for (topic, offset) in [(&self.config.topics.deals, runner.expected[1]), (&self.config.topics.metering, runner.expected[2])] {
+            self.consumer.seek(topic, partition as i32, Offset::Offset(offset), Duration::from_secs(10))?;
+        }
+        self.runners.insert(partition, runner);
+        Ok(())
+    }
+}
+
+#[derive(Serialize)]
+struct Segment {
+    topic: String,
+    from: i64,
+    to: i64,
+}
+
+/// A progress record: per commit and task, the input offsets reached and
+/// the input segments taken, in order (spec §4, §10).
+#[derive(Serialize)]
+struct Progress {
+    task: u32,
+    offsets: Vec<InputOffset>,
+    segments: Vec<Segment>,
+    records: u64,
+}
+
+pub fn run(config: &Config, options: &RunOptions, shutdown: Arc<AtomicBool>) -> crate::Result<RunStats> {
+    tracing::info!(config = %config.describe(), "starting");
+    let metadata = super::metadata_consumer(config)?;
+    let partitions = super::check_copartitioned(config, &metadata)?;
+    close_in_background(metadata);
+    let store = Arc::new(Mutex::new(RocksStore::open(&config.state_dir)?));
+    let context = GroupContext {
+        store: Arc::clone(&store),
+        deals: config.topics.deals.clone(),
+        metering: config.topics.metering.clone(),
+        events: Mutex::new(Vec::new()),
+    };
+    let consumer: BaseConsumer<GroupContext> = super::client_config(
+        config,
+        &[
+            ("group.id", &config.group_id),
+            ("enable.auto.commit", "false"),
+            ("enable.auto.offset.store", "false"),
+            ("isolation.level", "read_committed"),
+            ("auto.offset.reset", "earliest"),
+        ],
+    )
+    .create_with_context(context)
+    .context("creating the group consumer")?;
+    consumer.subscribe(&[&config.topics.deals, &config.topics.metering]).context("subscribing")?;
+    let names = TopicNames {
+        rates: config.topics.rates.clone(),
+        deals: config.topics.deals.clone(),
+        metering: config.topics.metering.clone(),
+    };
+    let mut processor = Processor {
+        config,
+        names,
+        store,
+        consumer,
+        runners: BTreeMap::new(),
+        registry: SchemaRegistry::builtin(),
+        encoder: OutputEncoder::default(),
+        stats: RunStats::default(),
+    };
+    tracing::info!(partitions, group = %config.group_id, "joined; waiting for partitions");
+    let commit_interval = Duration::from_millis(config.commit_interval as u64);
+    let mut last_commit = Instant::now();
+    let mut last_report = Instant::now();
+    loop {
+        if let Some(Err(error)) = processor.consumer.poll(Duration::from_millis(if processor.runners.is_empty() { 100 } else { 0 })).map(|result| result.map(|_| ())) {
+            if !matches!(error, KafkaError::PartitionEOF(_)) {
+                tracing::warn!(%error, "consumer error");
+            }
+        }
+        processor.handle_group_events()?;
+        let received = processor.poll_inputs()?;
+        let taken = processor.fold();
+        if last_commit.elapsed() >= commit_interval {
+            processor.commit()?;
+            last_commit = Instant::now();
+        }
+        if last_report.elapsed() >= Duration::from_secs(5) {
+            last_report = Instant::now();
+            tracing::info!(folded = processor.stats.records_folded, refolded = processor.stats.records_refolded, commits = processor.stats.transactions_committed, "progress");
+        }
+        let stopping = shutdown.load(Ordering::Relaxed);
+        let caught_up = options.exit_when_caught_up
+            && !processor.runners.is_empty()
+            && processor.runners.values().all(TaskRunner::caught_up);
+        if stopping || caught_up {
+            processor.commit()?;
+            tracing::info!(stats = ?processor.stats, reason = if stopping { "signal" } else { "caught up" }, "stopping");
+            break;
+        }
+        if !received && taken == 0 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    let stats = processor.stats.clone();
+    for (_, runner) in std::mem::take(&mut processor.runners) {
+        close_in_background(runner.producer);
+        close_in_background(runner.rates);
+    }
+    let Processor { consumer, .. } = processor;
+    let _ = consumer.unsubscribe();
+    close_in_background(consumer);
+    Ok(stats)
+}

@@ -1,0 +1,90 @@
+//! `gpuledger produce`: publishes JSONL files to the input topics, each line
+//! as-is (a broken line too, so bad input can be tested), keyed and
+//! partitioned exactly as batch mode splits them (`batch::route`): by the
+//! start-up (murmur2, Kafka's default partitioner), ticks to every metering
+//! partition, unkeyed lines to partition 0.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+
+use crate::batch::{is_tick, record_key, route};
+use crate::config::Config;
+use crate::events::Topic;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProduceSummary {
+    pub lines: [u64; 3],
+    pub records: u64,
+}
+
+pub fn produce(config: &Config, files: [Option<&Path>; 3]) -> crate::Result<ProduceSummary> {
+    let consumer = super::metadata_consumer(config)?;
+    let partitions = super::check_copartitioned(config, &consumer)?;
+    let producer: BaseProducer = super::client_config(
+        config,
+        &[("enable.idempotence", "true"), ("linger.ms", "20"), ("batch.num.messages", "10000"), ("compression.type", "lz4")],
+    )
+    .create()
+    .context("creating a Kafka producer")?;
+    let mut summary = ProduceSummary::default();
+    let started = Instant::now();
+    let mut last_report = Instant::now();
+    for topic in Topic::ALL {
+        let Some(path) = files[topic.index()] else { continue };
+        let name = match topic {
+            Topic::Rates => &config.topics.rates,
+            Topic::Deals => &config.topics.deals,
+            Topic::Metering => &config.topics.metering,
+        };
+        let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        for line in BufReader::with_capacity(1 << 20, file).split(b'\n') {
+            let mut line = line.with_context(|| format!("reading {}", path.display()))?;
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+            let parsed = crate::events::json::parse(&line).ok();
+            let key = parsed.as_ref().and_then(|value| record_key(topic, value));
+            let tick = parsed.as_ref().is_some_and(is_tick);
+            let targets: Vec<u32> = match route(topic, key.as_deref(), tick, partitions) {
+                Some(partition) => vec![if topic == Topic::Rates { 0 } else { partition }],
+                None => (0..partitions).collect(),
+            };
+            for partition in targets {
+                send(&producer, name, partition as i32, key.as_deref(), &line)?;
+                summary.records += 1;
+            }
+            summary.lines[topic.index()] += 1;
+            if last_report.elapsed() >= Duration::from_secs(5) {
+                last_report = Instant::now();
+                tracing::info!(records = summary.records, records_per_second = (summary.records as f64 / started.elapsed().as_secs_f64()) as u64, "producing");
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(60)).context("flushing the producer")?;
+    Ok(summary)
+}
+
+fn send(producer: &BaseProducer, topic: &str, partition: i32, key: Option<&[u8]>, value: &[u8]) -> crate::Result<()> {
+    loop {
+        let mut record = BaseRecord::<[u8], [u8]>::to(topic).partition(partition).payload(value);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        match producer.send(record) {
+            Ok(()) => {
+                producer.poll(Duration::ZERO);
+                return Ok(());
+            }
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                producer.poll(Duration::from_millis(50));
+            }
+            Err((error, _)) => return Err(error).with_context(|| format!("producing to {topic}[{partition}]")),
+        }
+    }
+}
