@@ -19,8 +19,9 @@ help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
 
 .PHONY: deps
-deps: ## install what the build needs (Debian packages), if missing
+deps: ## install what the build and tests need (Debian packages, the local broker), if missing
 	@scripts/install-deps.sh
+	@scripts/broker.sh install
 
 .PHONY: build
 build: deps ## build the gpuledger binary (release)

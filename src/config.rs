@@ -154,7 +154,8 @@ pub struct Overrides {
 pub fn parse_duration(text: &str) -> Result<Millis, String> {
     let split = text.find(|character: char| !character.is_ascii_digit()).unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let number: i64 = number.parse().map_err(|_| format!("{text:?} is not a duration like 250ms, 90s, 5m, 72h or 35d"))?;
+    let number: i64 =
+        number.parse().map_err(|_| format!("{text:?} is not a duration like 250ms, 90s, 5m, 72h or 35d"))?;
     let unit_ms = match unit {
         "ms" => 1,
         "s" => SECOND_MS,
@@ -173,10 +174,15 @@ pub fn is_secret(property: &str) -> bool {
 
 impl Config {
     /// Loads the layers: the file (if any), the environment, the flags.
-    pub fn load(file: Option<&Path>, environment: &BTreeMap<String, String>, overrides: &Overrides) -> crate::Result<Config> {
+    pub fn load(
+        file: Option<&Path>,
+        environment: &BTreeMap<String, String>,
+        overrides: &Overrides,
+    ) -> crate::Result<Config> {
         let mut raw = match file {
             Some(path) => {
-                let text = std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
+                let text =
+                    std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
                 toml::from_str::<RawConfig>(&text).with_context(|| format!("config file {}", path.display()))?
             }
             None => RawConfig::default(),
@@ -235,7 +241,7 @@ impl Config {
                     .to_owned(),
             );
         }
-        for (property, _) in &raw.kafka.properties {
+        for property in raw.kafka.properties.keys() {
             if ["bootstrap.servers", "group.id", "transactional.id", "enable.auto.commit", "isolation.level"]
                 .contains(&property.as_str())
             {
@@ -333,14 +339,15 @@ fn apply_environment(raw: &mut RawConfig, environment: &BTreeMap<String, String>
             continue;
         }
         let parts: Vec<String> = path.split("__").map(str::to_ascii_lowercase).collect();
-        let value = Some(value.clone());
+        let text = value.clone();
+        let value = Some(text.clone());
         let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
         match parts.as_slice() {
             ["kafka", "bootstrap_servers"] => raw.kafka.bootstrap_servers = value,
             ["kafka", "group_id"] => raw.kafka.group_id = value,
             ["kafka", "transactional_id_prefix"] => raw.kafka.transactional_id_prefix = value,
             ["kafka", "properties", property] => {
-                raw.kafka.properties.insert(property.replace('_', "."), value.unwrap_or_default());
+                raw.kafka.properties.insert(property.replace('_', "."), text);
             }
             ["processor", "state_dir"] => raw.processor.state_dir = value.map(PathBuf::from),
             ["processor", "commit_interval"] => raw.processor.commit_interval = value,
@@ -396,8 +403,16 @@ mod tests {
             "[kafka]\nbootstrap_servers = \"file:9092\"\ngroup_id = \"billing\"\n[processor]\ncommit_interval = \"250ms\"\n[topics]\njournal = \"fin.journal\"\n",
         )
         .unwrap();
-        let environment = env(&[("GPULEDGER_PROCESSOR__COMMIT_INTERVAL", "1s"), ("GPULEDGER_KAFKA__PROPERTIES__SASL_PASSWORD", "hunter2")]);
-        let config = Config::load(Some(&file), &environment, &Overrides { bootstrap_servers: Some("flag:9092".into()), state_dir: None }).unwrap();
+        let environment = env(&[
+            ("GPULEDGER_PROCESSOR__COMMIT_INTERVAL", "1s"),
+            ("GPULEDGER_KAFKA__PROPERTIES__SASL_PASSWORD", "hunter2"),
+        ]);
+        let config = Config::load(
+            Some(&file),
+            &environment,
+            &Overrides { bootstrap_servers: Some("flag:9092".into()), state_dir: None },
+        )
+        .unwrap();
         assert_eq!(config.bootstrap_servers, "flag:9092");
         assert_eq!(config.group_id, "billing");
         assert_eq!(config.commit_interval, 1000);

@@ -249,7 +249,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Topics { command: TopicsCommand::Create { kafka, partitions, replication_factor } } => {
             let config = kafka.load(None)?;
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            let report = runtime.block_on(gpuledger::kafka::admin::create_topics(&config, partitions, replication_factor))?;
+            let report =
+                runtime.block_on(gpuledger::kafka::admin::create_topics(&config, partitions, replication_factor))?;
             for (topic, outcome) in report {
                 println!("{outcome:>8} {topic}");
             }
@@ -257,8 +258,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Produce { kafka, rates, deals, metering } => {
             let config = kafka.load(None)?;
-            anyhow::ensure!(rates.is_some() || deals.is_some() || metering.is_some(), "nothing to produce: give --rates, --deals and/or --metering");
-            let summary = gpuledger::kafka::produce::produce(&config, [rates.as_deref(), deals.as_deref(), metering.as_deref()])?;
+            anyhow::ensure!(
+                rates.is_some() || deals.is_some() || metering.is_some(),
+                "nothing to produce: give --rates, --deals and/or --metering"
+            );
+            let summary =
+                gpuledger::kafka::produce::produce(&config, [rates.as_deref(), deals.as_deref(), metering.as_deref()])?;
             println!(
                 "produced {} records from {} rate, {} deal and {} metering lines",
                 summary.records, summary.lines[0], summary.lines[1], summary.lines[2]
@@ -271,7 +276,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
             let signal_flag = std::sync::Arc::clone(&shutdown);
             runtime.spawn(async move {
-                let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+                let mut terminate =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
                 tokio::select! {
                     _ = tokio::signal::ctrl_c() => {}
                     _ = terminate.recv() => {}

@@ -81,7 +81,11 @@ fn typed_bytes(stream: &str, record: &Value) -> crate::Result<Vec<u8>> {
 }
 
 /// Reads one topic whole (all partitions, in partition then offset order).
-fn read_topic(config: &Config, topic: &str, mut each: impl FnMut(u32, i64, &[u8]) -> crate::Result<()>) -> crate::Result<()> {
+fn read_topic(
+    config: &Config,
+    topic: &str,
+    mut each: impl FnMut(u32, i64, &[u8]) -> crate::Result<()>,
+) -> crate::Result<()> {
     let consumer: BaseConsumer = super::client_config(
         config,
         &[
@@ -151,7 +155,9 @@ pub fn export(config: &Config, out: &Path, streams: &[String]) -> crate::Result<
             let key = identity(stream, &record)?;
             match seen.get(&key) {
                 Some(previous) if *previous == canonical => duplicates += 1,
-                Some(_) => bail!("{stream}: identity {key} has two different contents (second at {topic}[{partition}]@{offset})"),
+                Some(_) => bail!(
+                    "{stream}: identity {key} has two different contents (second at {topic}[{partition}]@{offset})"
+                ),
                 None => {
                     seen.insert(key, canonical.clone());
                     kept.push(canonical);
@@ -172,7 +178,9 @@ pub fn export(config: &Config, out: &Path, streams: &[String]) -> crate::Result<
             continue;
         }
         let path = out.join(format!("{stream}.jsonl"));
-        let mut file = std::io::BufWriter::new(std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?);
+        let mut file = std::io::BufWriter::new(
+            std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?,
+        );
         for bytes in kept {
             file.write_all(&bytes)?;
             file.write_all(b"\n")?;

@@ -30,6 +30,28 @@ pub fn client_config(config: &Config, ours: &[(&str, &str)]) -> ClientConfig {
     client
 }
 
+/// Group timing defaults, each overridable in `kafka.properties`: a crashed
+/// instance's partitions move after 10 s rather than librdkafka's 45 s, and a
+/// stuck loop leaves the group after a minute rather than five.
+pub const GROUP_DEFAULTS: [(&str, &str); 3] =
+    [("session.timeout.ms", "10000"), ("heartbeat.interval.ms", "1000"), ("max.poll.interval.ms", "60000")];
+
+/// [`client_config`] for the processor's group consumer: the group defaults
+/// unless the user set them.
+pub fn group_client_config(config: &Config, ours: &[(&str, &str)]) -> ClientConfig {
+    let mut client = ClientConfig::new();
+    for (key, value) in GROUP_DEFAULTS {
+        client.set(key, value);
+    }
+    for (key, value) in config.client_properties() {
+        client.set(key, value);
+    }
+    for (key, value) in ours {
+        client.set(*key, *value);
+    }
+    client
+}
+
 /// A consumer for metadata and watermarks only (never subscribes).
 pub fn metadata_consumer(config: &Config) -> crate::Result<BaseConsumer> {
     client_config(config, &[("group.id", &format!("{}-metadata", config.group_id)), ("enable.auto.commit", "false")])

@@ -163,41 +163,43 @@ struct TaskRunner {
     expected: [i64; 3],
     high_watermarks: [i64; 3],
     watermarks_at: Instant,
-    /// Group-committed offsets (o_k) of deals and metering: below them the
-    /// outputs were published already.
-    suppress_below: [i64; 2],
+    /// Offsets reached by the last committed cycle (o_k), per input: the
+    /// group's for deals and metering, the last progress record's for rates.
+    /// Below them the outputs were published already.
+    suppress_below: [i64; 3],
     pending: Vec<Output>,
     segments: Vec<(Topic, i64, i64)>,
     folded_since_commit: u64,
 }
 
 impl TaskRunner {
+    /// Whether the folded position is still below the committed offsets.
     fn refolding(&self) -> bool {
-        self.expected[1] < self.suppress_below[0] || self.expected[2] < self.suppress_below[1]
+        let folded = self.task.state().offsets;
+        (0..3).any(|input| folded[input] < self.suppress_below[input])
     }
 
     fn head(&mut self, topic: Topic, consumer: &BaseConsumer<GroupContext>, config: &Config) -> Head {
-        if let Some((_, decoded)) = self.buffers[topic.index()].front() {
+        let refolding = self.refolding();
+        let committed = self.suppress_below[topic.index()];
+        if let Some((record, decoded)) = self.buffers[topic.index()].front() {
             // While re-folding, an input at its committed offset waits for the others.
-            if topic != Topic::Rates && self.refolding() {
-                let slot = topic.index() - 1;
-                if self.buffers[topic.index()].front().is_some_and(|(record, _)| record.offset >= self.suppress_below[slot]) {
-                    return Head::CaughtUp;
-                }
+            if refolding && record.offset >= committed {
+                return Head::CaughtUp;
             }
             return Head::Ready(decoded.time);
         }
+        if refolding && self.expected[topic.index()] >= committed {
+            return Head::CaughtUp;
+        }
         if topic == Topic::Rates {
             return if self.rates_caught_up { Head::CaughtUp } else { Head::Pending };
-        }
-        if self.refolding() && self.expected[topic.index()] >= self.suppress_below[topic.index() - 1] {
-            return Head::CaughtUp;
         }
         if self.watermarks_at.elapsed() >= WATERMARK_REFRESH {
             self.watermarks_at = Instant::now();
             for input in [Topic::Deals, Topic::Metering] {
                 let name = if input == Topic::Deals { &config.topics.deals } else { &config.topics.metering };
-                if let Ok((_, high)) = consumer.fetch_watermarks(name, self.partition as i32, Duration::from_secs(5)) {
+                if let Some(high) = cached_end_offset(consumer, name, self.partition) {
                     self.high_watermarks[input.index()] = high;
                 }
             }
@@ -217,6 +219,87 @@ impl TaskRunner {
             && self.pending.is_empty()
             && self.folded_since_commit == 0
     }
+}
+
+/// The rates offset of task `partition`'s last committed cycle: the latest
+/// progress record of the task whose deals and metering offsets are the
+/// group's committed ones (a record of an aborted cycle that a broker shows
+/// to `read_committed` readers does not match them).
+fn last_progress_rates_offset(config: &Config, partition: u32, committed: [i64; 2]) -> crate::Result<Option<i64>> {
+    let consumer: BaseConsumer = super::client_config(
+        config,
+        &[
+            ("group.id", &format!("{}-progress", config.group_id)),
+            ("enable.auto.commit", "false"),
+            ("enable.partition.eof", "true"),
+        ],
+    )
+    .create()
+    .context("creating the progress reader")?;
+    let topic = &config.topics.progress;
+    let (low, high) = consumer.fetch_watermarks(topic, partition as i32, super::METADATA_TIMEOUT)?;
+    let mut found = None;
+    if high > low {
+        let mut list = TopicPartitionList::new();
+        // The last cycles are at the end; a thousand records is generous.
+        list.add_partition_offset(topic, partition as i32, Offset::Offset(low.max(high - 1_000)))?;
+        consumer.assign(&list)?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            match consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(message)) => {
+                    let Ok(record) = serde_json::from_slice::<serde_json::Value>(message.payload().unwrap_or_default())
+                    else {
+                        continue;
+                    };
+                    let offset_of = |name: &str| {
+                        record["offsets"].as_array().and_then(|offsets| {
+                            offsets
+                                .iter()
+                                .find(|entry| entry["topic"] == name)
+                                .and_then(|entry| entry["offset"].as_i64())
+                        })
+                    };
+                    if record["task"] == partition
+                        && offset_of(&config.topics.deals) == Some(committed[0])
+                        && offset_of(&config.topics.metering) == Some(committed[1])
+                    {
+                        found = offset_of(&config.topics.rates);
+                    }
+                    if message.offset() + 1 >= high {
+                        break;
+                    }
+                }
+                Some(Err(KafkaError::PartitionEOF(_))) => break,
+                Some(Err(error)) => return Err(error).context("reading the progress topic"),
+                None => {}
+            }
+        }
+    }
+    close_in_background(consumer);
+    Ok(found)
+}
+
+/// The end of a partition as the consumer last saw it in a fetch response
+/// (librdkafka's cached watermark: the last stable offset for a
+/// `read_committed` consumer), without a network round trip. A broker query
+/// (`fetch_watermarks`) would block the loop, and with `read_committed` the
+/// local test broker does not answer it at all.
+fn cached_end_offset(consumer: &BaseConsumer<GroupContext>, topic: &str, partition: u32) -> Option<i64> {
+    let topic = std::ffi::CString::new(topic).ok()?;
+    let (mut low, mut high) = (-1i64, -1i64);
+    // SAFETY: the client pointer is valid for the consumer's lifetime, the
+    // topic is a NUL-terminated string, and the out-parameters are plain i64s.
+    let error = unsafe {
+        rdkafka::bindings::rd_kafka_get_watermark_offsets(
+            consumer.client().native_ptr(),
+            topic.as_ptr(),
+            partition as i32,
+            &mut low,
+            &mut high,
+        )
+    };
+    (error == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0).then_some(high)
 }
 
 fn to_input(topic: Topic, message: &rdkafka::message::BorrowedMessage<'_>) -> InputRecord {
@@ -263,6 +346,20 @@ impl Processor<'_> {
         let partition = assigned.partition;
         let state = store::load_task(&*self.store.lock().expect("store lock"), partition)?;
         let offsets = state.offsets;
+        let rates_committed = if assigned.committed == [0, 0] {
+            0
+        } else {
+            match last_progress_rates_offset(self.config, partition, assigned.committed)? {
+                Some(offset) => offset,
+                None => {
+                    tracing::warn!(
+                        partition,
+                        "no progress record matches the committed offsets; re-folding rates from the stored offset"
+                    );
+                    offsets[0]
+                }
+            }
+        };
         let producer: BaseProducer = super::client_config(
             self.config,
             &[
@@ -308,7 +405,7 @@ impl Processor<'_> {
             // Unknown until asked: not caught up.
             high_watermarks: [i64::MAX; 3],
             watermarks_at: Instant::now() - WATERMARK_REFRESH,
-            suppress_below: assigned.committed,
+            suppress_below: [rates_committed.max(offsets[0]), assigned.committed[0], assigned.committed[1]],
             pending: Vec::new(),
             segments: Vec::new(),
             folded_since_commit: 0,
@@ -321,7 +418,8 @@ impl Processor<'_> {
             match event {
                 GroupEvent::Revoked(partitions) => {
                     // Uncommitted work is dropped: the next owner redoes it.
-                    let revoked: Vec<u32> = if partitions.is_empty() { self.runners.keys().copied().collect() } else { partitions };
+                    let revoked: Vec<u32> =
+                        if partitions.is_empty() { self.runners.keys().copied().collect() } else { partitions };
                     for partition in revoked {
                         if let Some(runner) = self.runners.remove(&partition) {
                             close_in_background(runner.producer);
@@ -463,7 +561,9 @@ impl Processor<'_> {
         let group_metadata = self.consumer.group_metadata().context("no consumer group metadata")?;
         let runner = self.runners.get_mut(&partition).expect("committing a known task");
         let changes = runner.task.take_changes();
-        let mut records: Vec<(&str, Option<Vec<u8>>, Vec<u8>)> = Vec::with_capacity(runner.pending.len() + 8);
+        // (topic, key, value) of everything this cycle publishes.
+        type Publication<'t> = (&'t str, Option<Vec<u8>>, Vec<u8>);
+        let mut records: Vec<Publication<'_>> = Vec::with_capacity(runner.pending.len() + 8);
         let outputs = std::mem::take(&mut runner.pending);
         for output in &outputs {
             let topic = match output {
@@ -496,7 +596,11 @@ impl Processor<'_> {
                 .collect(),
             records: runner.folded_since_commit,
         };
-        records.push((&topics.progress, Some(format!("task-{partition}").into_bytes()), serde_json::to_vec(&progress)?));
+        records.push((
+            &topics.progress,
+            Some(format!("task-{partition}").into_bytes()),
+            serde_json::to_vec(&progress)?,
+        ));
 
         let producer = &runner.producer;
         producer.begin_transaction().context("beginning a transaction")?;
@@ -519,8 +623,16 @@ impl Processor<'_> {
             }
         }
         let mut consumed = TopicPartitionList::new();
-        consumed.add_partition_offset(&topics.deals, partition as i32, Offset::Offset(runner.task.state().offsets[1]))?;
-        consumed.add_partition_offset(&topics.metering, partition as i32, Offset::Offset(runner.task.state().offsets[2]))?;
+        consumed.add_partition_offset(
+            &topics.deals,
+            partition as i32,
+            Offset::Offset(runner.task.state().offsets[1]),
+        )?;
+        consumed.add_partition_offset(
+            &topics.metering,
+            partition as i32,
+            Offset::Offset(runner.task.state().offsets[2]),
+        )?;
         let sent = producer
             .send_offsets_to_transaction(&consumed, &group_metadata, TRANSACTION_TIMEOUT)
             .and_then(|()| producer.commit_transaction(TRANSACTION_TIMEOUT));
@@ -557,7 +669,9 @@ impl Processor<'_> {
         };
         let assigned = Assigned { partition, committed };
         let runner = self.new_runner(&assigned)?;
-        for (topic, offset) in [(&self.config.topics.deals, runner.expected[1]), (&self.config.topics.metering, runner.expected[2])] {
+        for (topic, offset) in
+            [(&self.config.topics.deals, runner.expected[1]), (&self.config.topics.metering, runner.expected[2])]
+        {
             self.consumer.seek(topic, partition as i32, Offset::Offset(offset), Duration::from_secs(10))?;
         }
         self.runners.insert(partition, runner);
@@ -594,7 +708,7 @@ pub fn run(config: &Config, options: &RunOptions, shutdown: Arc<AtomicBool>) -> 
         metering: config.topics.metering.clone(),
         events: Mutex::new(Vec::new()),
     };
-    let consumer: BaseConsumer<GroupContext> = super::client_config(
+    let consumer: BaseConsumer<GroupContext> = super::group_client_config(
         config,
         &[
             ("group.id", &config.group_id),
@@ -627,7 +741,11 @@ pub fn run(config: &Config, options: &RunOptions, shutdown: Arc<AtomicBool>) -> 
     let mut last_commit = Instant::now();
     let mut last_report = Instant::now();
     loop {
-        if let Some(Err(error)) = processor.consumer.poll(Duration::from_millis(if processor.runners.is_empty() { 100 } else { 0 })).map(|result| result.map(|_| ())) {
+        if let Some(Err(error)) = processor
+            .consumer
+            .poll(Duration::from_millis(if processor.runners.is_empty() { 100 } else { 0 }))
+            .map(|result| result.map(|_| ()))
+        {
             if !matches!(error, KafkaError::PartitionEOF(_)) {
                 tracing::warn!(%error, "consumer error");
             }
@@ -641,7 +759,12 @@ pub fn run(config: &Config, options: &RunOptions, shutdown: Arc<AtomicBool>) -> 
         }
         if last_report.elapsed() >= Duration::from_secs(5) {
             last_report = Instant::now();
-            tracing::info!(folded = processor.stats.records_folded, refolded = processor.stats.records_refolded, commits = processor.stats.transactions_committed, "progress");
+            tracing::info!(
+                folded = processor.stats.records_folded,
+                refolded = processor.stats.records_refolded,
+                commits = processor.stats.transactions_committed,
+                "progress"
+            );
         }
         let stopping = shutdown.load(Ordering::Relaxed);
         let caught_up = options.exit_when_caught_up
@@ -662,7 +785,7 @@ pub fn run(config: &Config, options: &RunOptions, shutdown: Arc<AtomicBool>) -> 
         close_in_background(runner.rates);
     }
     let Processor { consumer, .. } = processor;
-    let _ = consumer.unsubscribe();
+    consumer.unsubscribe();
     close_in_background(consumer);
     Ok(stats)
 }

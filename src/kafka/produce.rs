@@ -28,7 +28,12 @@ pub fn produce(config: &Config, files: [Option<&Path>; 3]) -> crate::Result<Prod
     let partitions = super::check_copartitioned(config, &consumer)?;
     let producer: BaseProducer = super::client_config(
         config,
-        &[("enable.idempotence", "true"), ("linger.ms", "20"), ("batch.num.messages", "10000"), ("compression.type", "lz4")],
+        &[
+            ("enable.idempotence", "true"),
+            ("linger.ms", "20"),
+            ("batch.num.messages", "10000"),
+            ("compression.type", "lz4"),
+        ],
     )
     .create()
     .context("creating a Kafka producer")?;
@@ -62,7 +67,11 @@ pub fn produce(config: &Config, files: [Option<&Path>; 3]) -> crate::Result<Prod
             summary.lines[topic.index()] += 1;
             if last_report.elapsed() >= Duration::from_secs(5) {
                 last_report = Instant::now();
-                tracing::info!(records = summary.records, records_per_second = (summary.records as f64 / started.elapsed().as_secs_f64()) as u64, "producing");
+                tracing::info!(
+                    records = summary.records,
+                    records_per_second = (summary.records as f64 / started.elapsed().as_secs_f64()) as u64,
+                    "producing"
+                );
             }
         }
     }

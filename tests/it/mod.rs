@@ -2,5 +2,6 @@ mod batch;
 mod codec;
 mod common;
 mod golden;
+mod kafka;
 mod props;
 mod store;
