@@ -32,8 +32,12 @@ test: deps ## run every test (unit, integration, property, golden)
 	$(CARGO) test --release --locked
 
 .PHONY: demo
-demo: build ## generate the Philly workload, fold it, audit it, print balances
+demo: build ## the Philly workload through the live processor on a local broker; prints balances
 	@scripts/demo.sh "$(BIN)" "$(TRACE)" "$(DEMO_DIR)"
+
+.PHONY: demo-batch
+demo-batch: build ## the Philly workload in batch mode (no broker), audited; prints balances
+	@scripts/demo-batch.sh "$(BIN)" "$(TRACE)" "$(DEMO_DIR)-batch"
 
 .PHONY: bench-fold
 bench-fold: build ## batch-mode fold throughput on the full Philly workload (3 runs)

@@ -443,21 +443,32 @@ impl Processor<'_> {
     fn poll_inputs(&mut self) -> crate::Result<bool> {
         let mut received = false;
         for _ in 0..10_000 {
-            let Some(result) = self.consumer.poll(Duration::ZERO) else { break };
-            let message = match result {
-                Ok(message) => message,
-                Err(KafkaError::PartitionEOF(_)) => continue,
-                Err(error) => {
-                    tracing::warn!(%error, "consumer error");
-                    continue;
-                }
+            let (topic, record) = {
+                let Some(result) = self.consumer.poll(Duration::ZERO) else { break };
+                let message = match result {
+                    Ok(message) => message,
+                    Err(KafkaError::PartitionEOF(_)) => continue,
+                    Err(error) => {
+                        tracing::warn!(%error, "consumer error");
+                        continue;
+                    }
+                };
+                let topic = if message.topic() == self.config.topics.deals { Topic::Deals } else { Topic::Metering };
+                (topic, to_input(topic, &message))
             };
-            let topic = if message.topic() == self.config.topics.deals { Topic::Deals } else { Topic::Metering };
-            let Some(runner) = self.runners.get_mut(&(message.partition() as u32)) else { continue };
-            if message.offset() < runner.expected[topic.index()] {
+            let partition = record.partition;
+            if !self.runners.contains_key(&partition) {
+                // This very poll may have run the rebalance callback: take
+                // the new partitions before routing their first records.
+                self.handle_group_events()?;
+            }
+            let Some(runner) = self.runners.get_mut(&partition) else {
+                // A revoked partition: its new owner reads it from the committed offsets.
+                continue;
+            };
+            if record.offset < runner.expected[topic.index()] {
                 continue;
             }
-            let record = to_input(topic, &message);
             runner.expected[topic.index()] = record.offset + 1;
             let decoded = decode_record(topic, &record.value, &self.registry);
             runner.buffers[topic.index()].push_back((record, decoded));
@@ -741,15 +752,8 @@ pub fn run(config: &Config, options: &RunOptions, shutdown: Arc<AtomicBool>) -> 
     let mut last_commit = Instant::now();
     let mut last_report = Instant::now();
     loop {
-        if let Some(Err(error)) = processor
-            .consumer
-            .poll(Duration::from_millis(if processor.runners.is_empty() { 100 } else { 0 }))
-            .map(|result| result.map(|_| ()))
-        {
-            if !matches!(error, KafkaError::PartitionEOF(_)) {
-                tracing::warn!(%error, "consumer error");
-            }
-        }
+        // Every poll of the group consumer goes through poll_inputs, which
+        // routes each record it returns (a poll here would swallow one).
         processor.handle_group_events()?;
         let received = processor.poll_inputs()?;
         let taken = processor.fold();
