@@ -222,16 +222,9 @@ impl Config {
             max_future: duration("ledger.max_future", raw.ledger.max_future.as_ref(), defaults.max_future, 0),
         };
         let commit_interval = duration("processor.commit_interval", raw.processor.commit_interval.as_ref(), 100, 1);
-        let tick_interval: Option<Millis> = match raw.clock.tick_interval.as_deref() {
+        let tick_interval = match raw.clock.tick_interval.as_deref() {
             None | Some("off") => None,
-            Some(_) => {
-                problems.push(
-                    "clock.tick_interval: the processor does not publish ticks yet; keep it \"off\" and publish ticks \
-                     to every metering partition with a scheduler (or `gpuledger produce`)"
-                        .to_owned(),
-                );
-                None
-            }
+            Some(text) => Some(duration("clock.tick_interval", Some(&text.to_owned()), SECOND_MS, SECOND_MS)),
         };
         let output_format = match raw.processor.output_format.as_deref() {
             None | Some("json") => OutputFormat::Json,

@@ -332,6 +332,10 @@ pub fn close_in_background<T: Send + 'static>(client: T) {
 
 struct Processor<'a> {
     config: &'a Config,
+    partitions: u32,
+    /// Publishes ticks when `clock.tick_interval` is set.
+    ticker: Option<BaseProducer>,
+    last_tick: Instant,
     names: TopicNames,
     store: Arc<Mutex<RocksStore>>,
     consumer: BaseConsumer<GroupContext>,
@@ -388,12 +392,10 @@ impl Processor<'_> {
         let mut list = TopicPartitionList::new();
         list.add_partition_offset(&self.config.topics.rates, 0, Offset::Offset(offsets[0]))?;
         rates.assign(&list)?;
-        tracing::info!(
-            partition,
-            stored = ?offsets,
-            committed = ?assigned.committed,
-            "task starting: re-folding from the stored offsets to the committed ones with outputs suppressed"
-        );
+        tracing::info!(partition, stored = ?offsets, committed = ?assigned.committed, "task starting");
+        if assigned.committed[0] > offsets[1] || assigned.committed[1] > offsets[2] {
+            tracing::info!(partition, "re-folding from the stored offsets to the committed ones, outputs suppressed");
+        }
         Ok(TaskRunner {
             partition,
             task: Task::new(self.config.fold, state),
@@ -410,6 +412,43 @@ impl Processor<'_> {
             segments: Vec::new(),
             folded_since_commit: 0,
         })
+    }
+
+    /// The tick publisher (spec §3): the owner of partition 0 sends a tick
+    /// with its wall-clock time to every metering partition. The time is
+    /// written into the log, so the fold itself never reads a clock.
+    fn publish_ticks(&mut self) -> crate::Result<()> {
+        let Some(interval) = self.config.tick_interval else { return Ok(()) };
+        if self.last_tick.elapsed() < Duration::from_millis(interval as u64) || !self.runners.contains_key(&0) {
+            return Ok(());
+        }
+        self.last_tick = Instant::now();
+        if self.ticker.is_none() {
+            let producer: BaseProducer = super::client_config(self.config, &[("enable.idempotence", "true")])
+                .create()
+                .context("creating the tick producer")?;
+            self.ticker = Some(producer);
+        }
+        let ticker = self.ticker.as_ref().expect("created above");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .context("the wall clock is before 1970")?
+            .as_millis() as i64;
+        let tick = format!(
+            "{{\"specversion\":\"1.0\",\"id\":\"tick-{now}\",\"source\":\"gpuledger:clock\",\"type\":\"gpuledger.clock.tick\",\"time\":\"{}\"}}",
+            crate::units::format_millis(now)
+        );
+        for partition in 0..self.partitions {
+            let record = BaseRecord::<[u8], [u8]>::to(&self.config.topics.metering)
+                .partition(partition as i32)
+                .payload(tick.as_bytes());
+            if let Err((error, _)) = ticker.send(record) {
+                tracing::warn!(partition, %error, "could not publish a tick");
+            }
+        }
+        ticker.poll(Duration::ZERO);
+        tracing::debug!(time = now, "ticks published");
+        Ok(())
     }
 
     fn handle_group_events(&mut self) -> crate::Result<()> {
@@ -739,6 +778,9 @@ pub fn run(config: &Config, options: &RunOptions, shutdown: Arc<AtomicBool>) -> 
     };
     let mut processor = Processor {
         config,
+        partitions,
+        ticker: None,
+        last_tick: Instant::now(),
         names,
         store,
         consumer,
@@ -755,6 +797,7 @@ pub fn run(config: &Config, options: &RunOptions, shutdown: Arc<AtomicBool>) -> 
         // Every poll of the group consumer goes through poll_inputs, which
         // routes each record it returns (a poll here would swallow one).
         processor.handle_group_events()?;
+        processor.publish_ticks()?;
         let received = processor.poll_inputs()?;
         let taken = processor.fold();
         if last_commit.elapsed() >= commit_interval {
@@ -784,6 +827,10 @@ pub fn run(config: &Config, options: &RunOptions, shutdown: Arc<AtomicBool>) -> 
         }
     }
     let stats = processor.stats.clone();
+    if let Some(ticker) = processor.ticker.take() {
+        let _ = ticker.flush(Duration::from_secs(10));
+        close_in_background(ticker);
+    }
     for (_, runner) in std::mem::take(&mut processor.runners) {
         close_in_background(runner.producer);
         close_in_background(runner.rates);

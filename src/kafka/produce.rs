@@ -11,7 +11,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::ClientContext;
 
 use crate::batch::{is_tick, record_key, route};
 use crate::config::Config;
@@ -23,10 +26,31 @@ pub struct ProduceSummary {
     pub records: u64,
 }
 
+/// Counts records the broker did not take (delivery reports arrive later
+/// than `send` returns).
+#[derive(Default)]
+struct Deliveries {
+    failed: AtomicU64,
+    first_error: std::sync::Mutex<Option<String>>,
+}
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _opaque: ()) {
+        if let Err((error, _)) = result {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+            self.first_error.lock().expect("lock").get_or_insert_with(|| error.to_string());
+        }
+    }
+}
+
 pub fn produce(config: &Config, files: [Option<&Path>; 3]) -> crate::Result<ProduceSummary> {
     let consumer = super::metadata_consumer(config)?;
     let partitions = super::check_copartitioned(config, &consumer)?;
-    let producer: BaseProducer = super::client_config(
+    let producer: BaseProducer<Deliveries> = super::client_config(
         config,
         &[
             ("enable.idempotence", "true"),
@@ -35,7 +59,7 @@ pub fn produce(config: &Config, files: [Option<&Path>; 3]) -> crate::Result<Prod
             ("compression.type", "lz4"),
         ],
     )
-    .create()
+    .create_with_context(Deliveries::default())
     .context("creating a Kafka producer")?;
     let mut summary = ProduceSummary::default();
     let started = Instant::now();
@@ -76,10 +100,21 @@ pub fn produce(config: &Config, files: [Option<&Path>; 3]) -> crate::Result<Prod
         }
     }
     producer.flush(Duration::from_secs(60)).context("flushing the producer")?;
+    let failed = producer.context().failed.load(Ordering::Relaxed);
+    if failed > 0 {
+        let first = producer.context().first_error.lock().expect("lock").clone().unwrap_or_default();
+        anyhow::bail!("{failed} of {} records were not delivered (first error: {first})", summary.records);
+    }
     Ok(summary)
 }
 
-fn send(producer: &BaseProducer, topic: &str, partition: i32, key: Option<&[u8]>, value: &[u8]) -> crate::Result<()> {
+fn send(
+    producer: &BaseProducer<Deliveries>,
+    topic: &str,
+    partition: i32,
+    key: Option<&[u8]>,
+    value: &[u8],
+) -> crate::Result<()> {
     loop {
         let mut record = BaseRecord::<[u8], [u8]>::to(topic).partition(partition).payload(value);
         if let Some(key) = key {

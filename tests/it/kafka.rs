@@ -38,10 +38,15 @@ impl Drop for Broker {
 }
 
 fn gpuledger(broker: &Broker, args: &[&str]) -> Output {
+    gpuledger_with(broker, args, &[])
+}
+
+fn gpuledger_with(broker: &Broker, args: &[&str], environment: &[(&str, &str)]) -> Output {
     let output = Command::new(env!("CARGO_BIN_EXE_gpuledger"))
         .args(args)
         .args(["--bootstrap-servers", &broker.address])
         .env("GPULEDGER_LOG", "warn")
+        .envs(environment.iter().copied())
         .output()
         .unwrap();
     assert!(
@@ -321,7 +326,38 @@ fn two_instances_share_the_partitions_and_one_takes_over_when_the_other_stops() 
     options.partitions = 4;
     super::common::fold(&options);
     for stream in STREAMS {
-        assert_same_records(&lines(&exported, stream), &lines(&folded, stream), &format!("two instances: {stream}"), &dir);
+        assert_same_records(
+            &lines(&exported, stream),
+            &lines(&folded, stream),
+            &format!("two instances: {stream}"),
+            &dir,
+        );
     }
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn the_processor_publishes_ticks_into_the_log_when_asked() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let inputs = workload(dir.path(), 100, 30 * gpuledger::units::MINUTE_MS);
+    gpuledger(&broker, &["topics", "create", "--partitions", "2"]);
+    produce(&broker, &inputs);
+    let state = dir.path().join("state");
+    let args = ["run", "--exit-when-caught-up", "--state-dir", path(&state)];
+    gpuledger_with(&broker, &args, &[("GPULEDGER_CLOCK__TICK_INTERVAL", "1s")]);
+    // The ticks are records of the metering log (so replays see them); a
+    // second run folds any the first did not: their wall-clock time closes
+    // every month up to last month.
+    gpuledger(&broker, &args);
+    let exported = dir.path().join("export-ticks");
+    gpuledger(&broker, &["export", "--out", path(&exported), "--topics", "statements"]);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let month = gpuledger::units::Month::of(now - 4 * gpuledger::units::DAY_MS).0 - 1;
+    let wanted = gpuledger::units::Month(month).to_string();
+    let periods: Vec<String> = lines(&exported, "statements")
+        .iter()
+        .map(|line| serde_json::from_str::<Value>(line).unwrap()["period"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(periods.contains(&wanted), "no statement for {wanted} (closed by wall-clock ticks) in {periods:?}");
 }
