@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use gpuledger::units::{Millis, DAY_MS, HOUR_MS, MINUTE_MS, SECOND_MS};
+use gpuledger::units::Millis;
 
 #[derive(Parser)]
 #[command(
@@ -150,20 +150,9 @@ struct FoldArgs {
     commit_every: u64,
 }
 
-/// `90s`, `5m`, `72h`, `35d`, `250ms`.
+/// `90s`, `5m`, `72h`, `35d`, `250ms` (the config file's syntax).
 fn parse_duration(text: &str) -> Result<Millis, String> {
-    let split = text.find(|character: char| !character.is_ascii_digit()).unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: i64 = number.parse().map_err(|_| format!("{text:?} is not a duration like 90s, 5m, 72h or 35d"))?;
-    let unit_ms = match unit {
-        "ms" => 1,
-        "s" => SECOND_MS,
-        "m" => MINUTE_MS,
-        "h" => HOUR_MS,
-        "d" => DAY_MS,
-        _ => return Err(format!("{text:?}: unit must be ms, s, m, h or d")),
-    };
-    number.checked_mul(unit_ms).ok_or_else(|| format!("{text:?} is too long"))
+    gpuledger::config::parse_duration(text)
 }
 
 fn main() -> ExitCode {
