@@ -19,10 +19,10 @@
 //! failed transaction drops the task's uncommitted state: the task is
 //! rebuilt from RocksDB and its inputs rewound.
 //!
-//! # Known gap
-//! The re-fold merges [o_r, o_k) by the spec's rule; it does not yet follow
-//! the order recorded in the progress topic, so a late record that met
-//! another topic's record live can be re-folded in another order.
+//! The re-fold follows the order the committed cycles recorded in the
+//! progress topic (spec §4), so it reproduces live processing even where a
+//! late record arrived after a later-timed record of another input was
+//! taken; where no chain of progress records exists it merges by the rule.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -169,6 +169,8 @@ struct TaskRunner {
     suppress_below: [i64; 3],
     pending: Vec<Output>,
     segments: Vec<(Topic, i64, i64)>,
+    /// While re-folding: the recorded order of the committed cycles.
+    plan: VecDeque<(Topic, i64, i64)>,
     folded_since_commit: u64,
 }
 
@@ -221,11 +223,36 @@ impl TaskRunner {
     }
 }
 
-/// The rates offset of task `partition`'s last committed cycle: the latest
-/// progress record of the task whose deals and metering offsets are the
-/// group's committed ones (a record of an aborted cycle that a broker shows
-/// to `read_committed` readers does not match them).
-fn last_progress_rates_offset(config: &Config, partition: u32, committed: [i64; 2]) -> crate::Result<Option<i64>> {
+/// What the progress topic says about task `partition`'s committed cycles.
+#[derive(Debug, Default)]
+struct CommittedPlan {
+    /// Rates offset reached by the last committed cycle.
+    rates_offset: Option<i64>,
+    /// The input segments the committed cycles took after the stored
+    /// offsets, in order; `None` when the chain of progress records from the
+    /// stored offsets to the committed ones cannot be followed.
+    segments: Option<Vec<(Topic, i64, i64)>>,
+}
+
+/// One parsed progress record: where its cycle started and ended, and what
+/// it took in between.
+struct ProgressEntry {
+    start: [i64; 3],
+    end: [i64; 3],
+    segments: Vec<(Topic, i64, i64)>,
+}
+
+/// Reads task `partition`'s progress records and chains them backwards from
+/// the committed offsets to the stored ones (spec §4: a re-fold follows the
+/// recorded order wherever it exists). Working backwards from the committed
+/// end skips records of aborted cycles that a broker may show: the latest
+/// record ending where the chain needs one is the committed one.
+fn committed_plan(
+    config: &Config,
+    partition: u32,
+    stored: [i64; 3],
+    committed: [i64; 2],
+) -> crate::Result<CommittedPlan> {
     let consumer: BaseConsumer = super::client_config(
         config,
         &[
@@ -236,48 +263,86 @@ fn last_progress_rates_offset(config: &Config, partition: u32, committed: [i64; 
     )
     .create()
     .context("creating the progress reader")?;
-    let topic = &config.topics.progress;
-    let (low, high) = consumer.fetch_watermarks(topic, partition as i32, super::METADATA_TIMEOUT)?;
-    let mut found = None;
-    if high > low {
-        let mut list = TopicPartitionList::new();
-        // The last cycles are at the end; a thousand records is generous.
-        list.add_partition_offset(topic, partition as i32, Offset::Offset(low.max(high - 1_000)))?;
-        consumer.assign(&list)?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            match consumer.poll(Duration::from_millis(100)) {
-                Some(Ok(message)) => {
-                    let Ok(record) = serde_json::from_slice::<serde_json::Value>(message.payload().unwrap_or_default())
-                    else {
-                        continue;
-                    };
-                    let offset_of = |name: &str| {
-                        record["offsets"].as_array().and_then(|offsets| {
-                            offsets
-                                .iter()
-                                .find(|entry| entry["topic"] == name)
-                                .and_then(|entry| entry["offset"].as_i64())
-                        })
-                    };
-                    if record["task"] == partition
-                        && offset_of(&config.topics.deals) == Some(committed[0])
-                        && offset_of(&config.topics.metering) == Some(committed[1])
+    let topic_of = |name: &str| {
+        if name == config.topics.rates {
+            Some(Topic::Rates)
+        } else if name == config.topics.deals {
+            Some(Topic::Deals)
+        } else if name == config.topics.metering {
+            Some(Topic::Metering)
+        } else {
+            None
+        }
+    };
+    let mut entries: Vec<ProgressEntry> = Vec::new();
+    let mut list = TopicPartitionList::new();
+    list.add_partition_offset(&config.topics.progress, partition as i32, Offset::Beginning)?;
+    consumer.assign(&list)?;
+    let mut last_record = Instant::now();
+    loop {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(message)) => {
+                last_record = Instant::now();
+                let Ok(record) = serde_json::from_slice::<serde_json::Value>(message.payload().unwrap_or_default())
+                else {
+                    continue;
+                };
+                if record["task"] != partition {
+                    continue;
+                }
+                let mut end = [-1i64; 3];
+                for offset in record["offsets"].as_array().into_iter().flatten() {
+                    if let (Some(topic), Some(value)) =
+                        (offset["topic"].as_str().and_then(topic_of), offset["offset"].as_i64())
                     {
-                        found = offset_of(&config.topics.rates);
-                    }
-                    if message.offset() + 1 >= high {
-                        break;
+                        end[topic.index()] = value;
                     }
                 }
-                Some(Err(KafkaError::PartitionEOF(_))) => break,
-                Some(Err(error)) => return Err(error).context("reading the progress topic"),
-                None => {}
+                let mut segments = Vec::new();
+                for segment in record["segments"].as_array().into_iter().flatten() {
+                    if let (Some(topic), Some(from), Some(to)) =
+                        (segment["topic"].as_str().and_then(topic_of), segment["from"].as_i64(), segment["to"].as_i64())
+                    {
+                        segments.push((topic, from, to));
+                    }
+                }
+                let mut start = end;
+                for (topic, from, _) in segments.iter().rev() {
+                    start[topic.index()] = *from;
+                }
+                if end.iter().all(|offset| *offset >= 0) {
+                    entries.push(ProgressEntry { start, end, segments });
+                }
             }
+            Some(Err(KafkaError::PartitionEOF(_))) => break,
+            Some(Err(error)) => return Err(error).context("reading the progress topic"),
+            None if last_record.elapsed() > Duration::from_secs(30) => {
+                bail!("reading the progress topic: no record and no end of partition for 30 s")
+            }
+            None => {}
         }
     }
     close_in_background(consumer);
-    Ok(found)
+
+    let mut plan = CommittedPlan::default();
+    let Some(last) = entries.iter().rposition(|entry| entry.end[1] == committed[0] && entry.end[2] == committed[1])
+    else {
+        return Ok(plan);
+    };
+    plan.rates_offset = Some(entries[last].end[0]);
+    let mut chain = vec![last];
+    let mut at = entries[last].start;
+    while at != stored {
+        match entries[..*chain.last().expect("non-empty")].iter().rposition(|entry| entry.end == at) {
+            Some(previous) => {
+                at = entries[previous].start;
+                chain.push(previous);
+            }
+            None => return Ok(plan),
+        }
+    }
+    plan.segments = Some(chain.iter().rev().flat_map(|index| entries[*index].segments.iter().copied()).collect());
+    Ok(plan)
 }
 
 /// The end of a partition as the consumer last saw it in a fetch response
@@ -350,20 +415,28 @@ impl Processor<'_> {
         let partition = assigned.partition;
         let state = store::load_task(&*self.store.lock().expect("store lock"), partition)?;
         let offsets = state.offsets;
-        let rates_committed = if assigned.committed == [0, 0] {
-            0
+        let behind = assigned.committed[0] > offsets[1] || assigned.committed[1] > offsets[2];
+        let plan = if behind {
+            committed_plan(self.config, partition, offsets, assigned.committed)?
         } else {
-            match last_progress_rates_offset(self.config, partition, assigned.committed)? {
-                Some(offset) => offset,
-                None => {
-                    tracing::warn!(
-                        partition,
-                        "no progress record matches the committed offsets; re-folding rates from the stored offset"
-                    );
-                    offsets[0]
-                }
+            CommittedPlan { rates_offset: Some(offsets[0]), segments: Some(Vec::new()) }
+        };
+        let rates_committed = match plan.rates_offset {
+            Some(offset) => offset,
+            None => {
+                tracing::warn!(
+                    partition,
+                    "no progress record matches the committed offsets; re-folding rates from the stored offset"
+                );
+                offsets[0]
             }
         };
+        if behind && plan.segments.is_none() {
+            tracing::warn!(
+                partition,
+                "the progress records do not chain back to the stored offsets; re-folding by the merge rule"
+            );
+        }
         let producer: BaseProducer = super::client_config(
             self.config,
             &[
@@ -410,6 +483,7 @@ impl Processor<'_> {
             suppress_below: [rates_committed.max(offsets[0]), assigned.committed[0], assigned.committed[1]],
             pending: Vec::new(),
             segments: Vec::new(),
+            plan: plan.segments.unwrap_or_default().into(),
             folded_since_commit: 0,
         })
     }
@@ -543,15 +617,41 @@ impl Processor<'_> {
         for partition in partitions {
             let runner = self.runners.get_mut(&partition).expect("listed");
             loop {
-                let mut heads = [Head::CaughtUp; 3];
-                for topic in Topic::ALL {
-                    heads[topic.index()] = runner.head(topic, &self.consumer, self.config);
-                }
-                let topic = match choose(heads) {
-                    Choice::Take(topic) => topic,
-                    Choice::Wait | Choice::Idle => break,
-                };
                 let refolding = runner.refolding();
+                let topic = if let (true, Some(&(topic, from, _))) = (refolding, runner.plan.front()) {
+                    // Re-folding: take what the committed cycles took, in their order.
+                    match runner.buffers[topic.index()].front() {
+                        None => break,
+                        Some((record, _)) if record.offset == from => topic,
+                        Some((record, _)) => {
+                            tracing::warn!(
+                                partition,
+                                expected = from,
+                                found = record.offset,
+                                "recorded order does not match the input; re-folding by the merge rule"
+                            );
+                            runner.plan.clear();
+                            continue;
+                        }
+                    }
+                } else {
+                    let mut heads = [Head::CaughtUp; 3];
+                    for topic in Topic::ALL {
+                        heads[topic.index()] = runner.head(topic, &self.consumer, self.config);
+                    }
+                    match choose(heads) {
+                        Choice::Take(topic) => topic,
+                        Choice::Wait | Choice::Idle => break,
+                    }
+                };
+                if refolding {
+                    if let Some(front) = runner.plan.front_mut() {
+                        front.1 += 1;
+                        if front.1 >= front.2 {
+                            runner.plan.pop_front();
+                        }
+                    }
+                }
                 let (record, decoded) = runner.buffers[topic.index()].pop_front().expect("a head");
                 match runner.segments.last_mut() {
                     Some((last, _, to)) if *last == topic && *to == record.offset => *to = record.offset + 1,
@@ -569,6 +669,7 @@ impl Processor<'_> {
                             tracing::error!(partition, error = %format!("{error:#}"), "writing re-folded state");
                         }
                         runner.segments.clear();
+                        runner.plan.clear();
                         tracing::info!(partition, "re-fold done; processing live");
                     }
                 } else {

@@ -335,3 +335,61 @@ fn the_processor_publishes_ticks_into_the_log_when_asked() {
         .collect();
     assert!(periods.contains(&wanted), "no statement for {wanted} (closed by wall-clock ticks) in {periods:?}");
 }
+
+/// Spec §4: a late record can arrive after the task took a later-timed
+/// record of another input, so live order is not the rule's order. A
+/// rebuild must follow the order recorded in the progress topic, or its state
+/// would differ from what was published.
+#[test]
+fn a_rebuild_follows_the_recorded_order_of_a_late_record() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    gpuledger(&broker, &["topics", "create", "--partitions", "1"]);
+    let write = |name: &str, lines: &[String]| {
+        let file = dir.path().join(name);
+        std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+        file
+    };
+    let usage = |id: &str, start: &str, end: &str| {
+        format!(
+            r#"{{"specversion":"1.0","id":"{id}","source":"m","type":"gpuledger.gpu.usage","subject":"acme","time":"{end}","data":{{"cluster_id":"c","region":"r","gpu_model":"H800","tier":"spot","gpu_count":1,"started_at":"{start}","ended_at":"{end}"}}}}"#
+        )
+    };
+    let rates = write("rates.jsonl", &[r#"{"specversion":"1.0","id":"r1","source":"p","type":"gpuledger.rate.published","time":"2025-01-01T00:00:00Z","data":{"gpu_model":"H800","region":"r","tier":"spot","currency":"USD","price_per_gpu_hour":3600000,"effective_from":"2025-01-01T00:00:00Z"}}"#.to_owned()]);
+    let first = write("usage-1.jsonl", &[usage("u1", "2025-01-01T10:00:00Z", "2025-01-01T11:00:00Z")]);
+    // A grant timed before u1 that arrives after u1 was taken.
+    let grant = write("deals.jsonl", &[r#"{"specversion":"1.0","id":"g","source":"crm","type":"gpuledger.credit.granted","subject":"acme","time":"2025-01-01T09:00:00Z","data":{"grant_id":"g1","face_amount":3600000,"currency":"USD","effective_at":"2025-01-01T00:00:00Z","consideration":"cash"}}"#.to_owned()]);
+    let second = write("usage-2.jsonl", &[usage("u2", "2025-01-01T11:00:00Z", "2025-01-01T11:30:00Z")]);
+    let state = dir.path().join("state");
+
+    gpuledger(&broker, &["produce", "--rates", path(&rates), "--metering", path(&first)]);
+    run_until_caught_up(&broker, &state); // u1 finds no grant: overage
+    gpuledger(&broker, &["produce", "--deals", path(&grant)]);
+    run_until_caught_up(&broker, &state); // the grant arrives late, untouched by u1
+
+    // Lose the state: the rebuild re-folds rates, u1, grant from the log.
+    // By the merge rule the grant (09:00) would come before u1 (11:00) and u1
+    // would use it up; the recorded order keeps it whole, as published.
+    std::fs::remove_dir_all(&state).unwrap();
+    gpuledger(&broker, &["produce", "--metering", path(&second)]);
+    let rebuilt = run_until_caught_up(&broker, &state);
+    assert_eq!(
+        (rebuilt["records_refolded"].as_u64(), rebuilt["records_folded"].as_u64()),
+        (Some(3), Some(1)),
+        "{rebuilt}"
+    );
+
+    let exported = dir.path().join("export");
+    gpuledger(&broker, &["export", "--out", path(&exported), "--topics", "usage-rated"]);
+    let records: Vec<Value> =
+        lines(&exported, "usage-rated").iter().map(|line| serde_json::from_str(line).unwrap()).collect();
+    assert_eq!(records.len(), 2);
+    assert_eq!((records[0]["id"].as_str(), records[0]["overage"].as_i64()), (Some("u1"), Some(3_600_000)));
+    assert_eq!(records[1]["id"], "u2");
+    assert_eq!(
+        records[1]["draws"][0]["grant_id"], "g1",
+        "u2 must draw from the grant u1 never touched live: {}",
+        records[1]
+    );
+    assert_eq!(records[1]["overage"], 0);
+}
