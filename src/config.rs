@@ -74,6 +74,9 @@ pub struct RawProcessor {
     pub commit_interval: Option<String>,
     /// Encoding of output records: `json` (default) or `avro`.
     pub output_format: Option<String>,
+    /// Fault injection for tests: abort every Nth transaction after its
+    /// records were sent (0, the default, never).
+    pub inject_abort_every: Option<u64>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -139,6 +142,7 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub commit_interval: Millis,
     pub output_format: OutputFormat,
+    pub inject_abort_every: u64,
     pub fold: FoldConfig,
     pub tick_interval: Option<Millis>,
 }
@@ -298,6 +302,7 @@ impl Config {
             state_dir: raw.processor.state_dir.unwrap_or_else(|| PathBuf::from("gpuledger-state")),
             commit_interval,
             output_format,
+            inject_abort_every: raw.processor.inject_abort_every.unwrap_or(0),
             fold,
             tick_interval,
         })
@@ -352,6 +357,10 @@ fn apply_environment(raw: &mut RawConfig, environment: &BTreeMap<String, String>
             ["processor", "state_dir"] => raw.processor.state_dir = value.map(PathBuf::from),
             ["processor", "commit_interval"] => raw.processor.commit_interval = value,
             ["processor", "output_format"] => raw.processor.output_format = value,
+            ["processor", "inject_abort_every"] => match text.parse() {
+                Ok(every) => raw.processor.inject_abort_every = Some(every),
+                Err(_) => problems.push(format!("{name} must be a whole number, not {text:?}")),
+            },
             ["ledger", "dedup_window"] => raw.ledger.dedup_window = value,
             ["ledger", "expiry_grace"] => raw.ledger.expiry_grace = value,
             ["ledger", "close_grace"] => raw.ledger.close_grace = value,

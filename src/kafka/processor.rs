@@ -408,6 +408,8 @@ struct Processor<'a> {
     registry: SchemaRegistry,
     encoder: OutputEncoder,
     stats: RunStats,
+    /// Transactions begun, for `processor.inject_abort_every`.
+    transactions_begun: u64,
 }
 
 impl Processor<'_> {
@@ -773,6 +775,12 @@ impl Processor<'_> {
                 }
             }
         }
+        self.transactions_begun += 1;
+        let every = self.config.inject_abort_every;
+        if every > 0 && self.transactions_begun % every == 0 {
+            let _ = producer.abort_transaction(TRANSACTION_TIMEOUT);
+            bail!("injected abort (processor.inject_abort_every = {every})");
+        }
         let mut consumed = TopicPartitionList::new();
         consumed.add_partition_offset(
             &topics.deals,
@@ -889,6 +897,7 @@ pub fn run(config: &Config, options: &RunOptions, shutdown: Arc<AtomicBool>) -> 
         registry: SchemaRegistry::builtin(),
         encoder: OutputEncoder::default(),
         stats: RunStats::default(),
+        transactions_begun: 0,
     };
     tracing::info!(partitions, group = %config.group_id, "joined; waiting for partitions");
     let commit_interval = Duration::from_millis(config.commit_interval as u64);
