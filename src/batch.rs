@@ -348,3 +348,47 @@ pub fn balance_table(balances: &[Balances]) -> String {
     }
     table
 }
+
+/// One start-up's figures (spec §10) as a readable table, amounts in micros.
+pub fn balance_detail(balance: &Balances) -> String {
+    use std::fmt::Write as _;
+    let mut text = String::new();
+    let clock = balance.clock.map(|clock| crate::units::format_millis(clock.0)).unwrap_or_default();
+    let _ = writeln!(
+        text,
+        "{}  (task {}, clock {clock}, duplicates dropped {})",
+        balance.startup, balance.task, balance.duplicates_dropped
+    );
+    for currency in &balance.currencies {
+        let _ = writeln!(text, "\n{} (micros)", currency.currency);
+        for (name, value) in [
+            ("granted_face", currency.granted_face),
+            ("consumed_face", currency.consumed_face),
+            ("expired_face", currency.expired_face),
+            ("revoked_face", currency.revoked_face),
+            ("remaining_face", currency.remaining_face),
+            ("usage_cost", currency.usage_cost),
+            ("usage_count", currency.usage_count),
+            ("overage", currency.overage),
+            ("revenue_compute", currency.revenue_compute),
+            ("revenue_overage", currency.revenue_overage),
+            ("revenue_breakage", currency.revenue_breakage),
+            ("revocation_reversal", currency.revocation_reversal),
+            ("contract_liability", currency.contract_liability),
+            ("escrow_remaining_face", currency.escrow_remaining_face),
+            ("rpo", currency.rpo),
+        ] {
+            let _ = writeln!(text, "  {name:<22} {value:>20}");
+        }
+        let _ =
+            writeln!(text, "  {:<24} {:<9} {:>16} {:>16} {:>16}", "grant", "state", "face", "consumed", "remaining");
+        for grant in &currency.grants {
+            let _ = writeln!(
+                text,
+                "  {:<24} {:<9} {:>16} {:>16} {:>16}",
+                grant.grant_id, grant.state, grant.face, grant.consumed_face, grant.remaining_face
+            );
+        }
+    }
+    text
+}

@@ -47,6 +47,20 @@ enum Command {
     },
     /// Print a per-start-up table of a balances.json.
     Table { balances: PathBuf },
+    /// A start-up's balance figures from a state directory (read-only; works
+    /// while a processor runs on it).
+    Balance {
+        #[arg(long)]
+        state_dir: PathBuf,
+        #[arg(long)]
+        startup: String,
+        /// Only this currency.
+        #[arg(long)]
+        currency: Option<String>,
+        /// The balances record as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Kafka topics of gpuledger.
     Topics {
         #[command(subcommand)]
@@ -285,6 +299,32 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let summary = gpuledger::kafka::export::export(&config, &out, &topics)?;
             for (stream, (kept, duplicates)) in &summary.streams {
                 println!("{stream}: {kept} records, {duplicates} duplicates dropped");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Balance { state_dir, startup, currency, json } => {
+            let store = gpuledger::store::rocks::RocksStore::open_read_only(&state_dir)?;
+            let Some((partition, record)) = gpuledger::store::load_startup(&store, &startup)? else {
+                anyhow::bail!("no start-up {startup:?} in {}", state_dir.display());
+            };
+            let meta = gpuledger::store::load_task_meta(&store, partition)?;
+            let offsets: Vec<gpuledger::records::InputOffset> = gpuledger::events::Topic::ALL
+                .into_iter()
+                .map(|topic| gpuledger::records::InputOffset {
+                    topic: topic.name().to_owned(),
+                    partition: if topic == gpuledger::events::Topic::Rates { 0 } else { partition },
+                    offset: meta.offsets[topic.index()],
+                })
+                .collect();
+            let mut balances = gpuledger::fold::balances_of(&record, partition, &offsets);
+            if let Some(currency) = &currency {
+                balances.currencies.retain(|block| &block.currency == currency);
+                anyhow::ensure!(!balances.currencies.is_empty(), "start-up {startup:?} has no figures in {currency}");
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&balances)?);
+            } else {
+                print!("{}", gpuledger::batch::balance_detail(&balances));
             }
             Ok(ExitCode::SUCCESS)
         }

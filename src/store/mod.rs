@@ -190,6 +190,30 @@ pub fn load_task(store: &dyn KvStore, partition: u32) -> crate::Result<TaskState
     Ok(state)
 }
 
+/// Finds a start-up in a state directory: its partition and its record with
+/// grants and deals (not its dedup identities).
+pub fn load_startup(store: &dyn KvStore, startup_id: &str) -> crate::Result<Option<(u32, Startup)>> {
+    for (key, value) in store.scan_prefix(Column::Startups, &[])? {
+        let Some((id, _)) = columns::split_startup_key(&key) else { continue };
+        if id != startup_id {
+            continue;
+        }
+        let partition = u32::from_be_bytes(key[..4].try_into().expect("keys start with the partition"));
+        let mut startup: Startup = parse(Column::Startups, &key, &value)?;
+        let prefix = columns::startup_key(partition, startup_id);
+        for (child, value) in store.scan_prefix(Column::Grants, &prefix)? {
+            let grant: Grant = parse(Column::Grants, &child, &value)?;
+            startup.grants.insert(grant.grant_id.clone(), grant);
+        }
+        for (child, value) in store.scan_prefix(Column::Deals, &prefix)? {
+            let deal: Deal = parse(Column::Deals, &child, &value)?;
+            startup.deals.insert(deal.deal_id.clone(), deal);
+        }
+        return Ok(Some((partition, startup)));
+    }
+    Ok(None)
+}
+
 /// Checks (and on first use records) how many partitions the state
 /// directory's tasks were split into.
 pub fn check_layout(store: &mut dyn KvStore, partitions: u32) -> crate::Result<()> {

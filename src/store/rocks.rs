@@ -59,6 +59,20 @@ impl RocksStore {
         Ok(RocksStore { db, path: path.to_owned() })
     }
 
+    /// Opens a state directory read-only, as it is at this moment. It takes
+    /// no lock, so it works while a processor writes the directory; writes
+    /// through it fail.
+    pub fn open_read_only(path: &Path) -> crate::Result<RocksStore> {
+        if !path.join("CURRENT").is_file() {
+            bail!("{} is not a gpuledger state directory", path.display());
+        }
+        let options = Options::default();
+        let names = DB::list_cf(&options, path).with_context(|| format!("reading {}", path.display()))?;
+        let db = DB::open_cf_for_read_only(&options, path, names, false)
+            .with_context(|| format!("opening state directory {} read-only", path.display()))?;
+        Ok(RocksStore { db, path: path.to_owned() })
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

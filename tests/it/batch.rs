@@ -270,3 +270,32 @@ fn gen_is_deterministic_per_seed_and_credits_the_trace() {
     let attribution = std::fs::read_to_string(a.join("ATTRIBUTION.md")).unwrap();
     assert!(attribution.contains("CC-BY-4.0") && attribution.contains("USENIX ATC '19"));
 }
+
+#[test]
+fn balance_reads_a_state_directory_read_only_even_while_it_is_in_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let inputs = workload(dir.path(), 200, 30 * MINUTE_MS);
+    let out = dir.path().join("out");
+    let state = dir.path().join("state");
+    let mut options = options(&inputs, &out);
+    options.state_dir = Some(state.clone());
+    fold(&options);
+    let expected: Vec<Value> = serde_json::from_slice(&std::fs::read(out.join("balances.json")).unwrap()).unwrap();
+    let startup = expected[0]["startup"].as_str().unwrap().to_owned();
+    // Another process holds the state directory (as a running processor would).
+    let _writer = gpuledger::store::rocks::RocksStore::open(&state).unwrap();
+    let output =
+        binary().args(["balance", "--json", "--startup", &startup, "--state-dir"]).arg(&state).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let shown: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(shown, expected[0], "the state directory's figures are the batch run's final balances");
+    let table = binary()
+        .args(["balance", "--startup", &startup, "--currency", "USD", "--state-dir"])
+        .arg(&state)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&table.stdout).contains("contract_liability"));
+    let missing = binary().args(["balance", "--startup", "nobody", "--state-dir"]).arg(&state).output().unwrap();
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no start-up \"nobody\""));
+}
