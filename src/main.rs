@@ -47,6 +47,13 @@ enum Command {
     },
     /// Print a per-start-up table of a balances.json.
     Table { balances: PathBuf },
+    /// Compare two state directories task by task: offsets and output digests.
+    Verify {
+        #[arg(long)]
+        state_dir: PathBuf,
+        #[arg(long)]
+        against: PathBuf,
+    },
     /// A start-up's balance figures from a state directory (read-only; works
     /// while a processor runs on it).
     Balance {
@@ -317,6 +324,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 })
                 .collect();
             let mut balances = gpuledger::fold::balances_of(&record, partition, &offsets);
+            balances.digest = meta.digest.hex();
             if let Some(currency) = &currency {
                 balances.currencies.retain(|block| &block.currency == currency);
                 anyhow::ensure!(!balances.currencies.is_empty(), "start-up {startup:?} has no figures in {currency}");
@@ -327,6 +335,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 print!("{}", gpuledger::batch::balance_detail(&balances));
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify { state_dir, against } => {
+            let left = gpuledger::store::rocks::RocksStore::open_read_only(&state_dir)?;
+            let right = gpuledger::store::rocks::RocksStore::open_read_only(&against)?;
+            let report = gpuledger::store::verify(&left, &right)?;
+            for line in &report.differences {
+                println!("{line}");
+            }
+            if report.differences.is_empty() {
+                println!("identical: {} tasks, same offsets and output digests", report.tasks);
+                Ok(ExitCode::SUCCESS)
+            } else {
+                Ok(ExitCode::FAILURE)
+            }
         }
         Command::Table { balances } => {
             let balances = gpuledger::batch::read_balances(&balances)?;

@@ -257,6 +257,8 @@ pub struct Balances {
     pub clock: Option<Ts>,
     pub duplicates_dropped: u64,
     pub offsets: Vec<InputOffset>,
+    /// The task's output digest at these offsets (hex).
+    pub digest: String,
     pub currencies: Vec<CurrencyBalance>,
 }
 

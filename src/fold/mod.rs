@@ -93,8 +93,20 @@ impl Task {
         std::mem::take(&mut self.changes)
     }
 
-    /// Folds one record, taken by the merge, appending its outputs.
+    /// Folds one record, taken by the merge, appending its outputs, and
+    /// absorbs them into the task's output digest.
     pub fn fold(&mut self, record: &InputRecord, decoded: Decoded, outputs: &mut Vec<Output>) {
+        let first = outputs.len();
+        self.fold_record(record, decoded, outputs);
+        let mut bytes = Vec::with_capacity(1024);
+        for output in &outputs[first..] {
+            bytes.clear();
+            output.write_json(&mut bytes).expect("writing to memory cannot fail");
+            self.state.digest.absorb(&bytes);
+        }
+    }
+
+    fn fold_record(&mut self, record: &InputRecord, decoded: Decoded, outputs: &mut Vec<Output>) {
         self.stats.records += 1;
         let next = &mut self.state.offsets[record.topic.index()];
         debug_assert!(record.offset >= *next, "records are folded in log order");
@@ -269,7 +281,9 @@ impl Task {
     /// The balances record of one start-up, with this task's offsets.
     pub fn balances(&self, startup_id: &str, topics: &TopicNames) -> Option<Balances> {
         let startup = self.state.startups.get(startup_id)?;
-        Some(balances_of(startup, self.state.partition, &self.offsets(topics)))
+        let mut balances = balances_of(startup, self.state.partition, &self.offsets(topics));
+        balances.digest = self.state.digest.hex();
+        Some(balances)
     }
 
     /// This task's next input offsets, as records name them.
@@ -385,6 +399,7 @@ pub fn balances_of(startup: &Startup, task: u32, offsets: &[InputOffset]) -> Bal
         clock: Some(Ts(startup.clock)),
         duplicates_dropped: startup.duplicates_dropped,
         offsets: offsets.to_vec(),
+        digest: String::new(),
         currencies,
     }
 }

@@ -263,6 +263,31 @@ pub struct TaskState {
     pub startups: BTreeMap<String, Startup>,
     pub rates: RateBook,
     pub offsets: Offsets,
+    /// Rolling digest over the output records this task derived (see
+    /// [`OutputDigest`]); equal digests at equal offsets prove two runs
+    /// processed identically.
+    pub digest: OutputDigest,
+}
+
+/// `d' = SHA-256(d ‖ len(record) ‖ record)` over the canonical (JSON) bytes
+/// of every usage-rated, journal, statement, alert and dead-letter record,
+/// in the order derived; balances and progress depend on commit boundaries
+/// and are left out. Starts at 32 zero bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputDigest(pub [u8; 32]);
+
+impl OutputDigest {
+    pub fn absorb(&mut self, record: &[u8]) {
+        let mut hasher = Sha256::new();
+        hasher.update(self.0);
+        hasher.update((record.len() as u64).to_be_bytes());
+        hasher.update(record);
+        self.0 = hasher.finalize().into();
+    }
+
+    pub fn hex(&self) -> String {
+        crate::records::hex(&self.0)
+    }
 }
 
 /// What a stretch of folding changed, so a commit writes just that.

@@ -742,6 +742,7 @@ impl Processor<'_> {
         let progress = Progress {
             task: partition,
             offsets: offsets.clone(),
+            digest: runner.task.state().digest.hex(),
             segments: runner
                 .segments
                 .iter()
@@ -851,6 +852,8 @@ struct Segment {
 struct Progress {
     task: u32,
     offsets: Vec<InputOffset>,
+    /// The task's output digest at these offsets.
+    digest: String,
     segments: Vec<Segment>,
     records: u64,
 }

@@ -21,7 +21,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::events::Tier;
-use crate::fold::state::{IdentityKey, Offsets, Remembered};
+use crate::fold::state::{IdentityKey, Offsets, OutputDigest, Remembered};
 use crate::units::Millis;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -59,6 +59,9 @@ pub struct TaskMeta {
     /// Next offsets of rates, deals, metering.
     pub offsets: Offsets,
     pub rates_duplicates_dropped: u64,
+    /// Rolling output digest at these offsets (absent in older stores).
+    #[serde(default)]
+    pub digest: OutputDigest,
 }
 
 /// How the state directory's tasks were laid out; a run with another layout

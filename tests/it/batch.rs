@@ -83,8 +83,10 @@ fn without_task_fields(balances: &Path) -> Vec<Value> {
     let mut records: Vec<Value> = serde_json::from_slice(&std::fs::read(balances).unwrap()).unwrap();
     for record in &mut records {
         let object = record.as_object_mut().unwrap();
+        // Per task, not per start-up: where the start-up's partition is.
         object.remove("task");
         object.remove("offsets");
+        object.remove("digest");
     }
     records
 }
@@ -298,4 +300,44 @@ fn balance_reads_a_state_directory_read_only_even_while_it_is_in_use() {
     let missing = binary().args(["balance", "--startup", "nobody", "--state-dir"]).arg(&state).output().unwrap();
     assert_eq!(missing.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("no start-up \"nobody\""));
+}
+
+#[test]
+fn verify_compares_state_directories_by_offsets_and_output_digests() {
+    let dir = tempfile::tempdir().unwrap();
+    let inputs = workload(dir.path(), 200, 30 * MINUTE_MS);
+    let run = |name: &str, inputs: &Path| {
+        let mut options = options(inputs, &dir.path().join(format!("out-{name}")));
+        options.state_dir = Some(dir.path().join(format!("state-{name}")));
+        options.partitions = 2;
+        fold(&options);
+        dir.path().join(format!("state-{name}"))
+    };
+    let (first, second) = (run("a", &inputs), run("b", &inputs));
+    let verify = |left: &Path, right: &Path| {
+        binary().arg("verify").arg("--state-dir").arg(left).arg("--against").arg(right).output().unwrap()
+    };
+    let same = verify(&first, &second);
+    assert!(same.status.success(), "{}", String::from_utf8_lossy(&same.stdout));
+    assert!(String::from_utf8_lossy(&same.stdout).starts_with("identical: 2 tasks"));
+    // The same inputs with one price changed: same offsets, other records.
+    let changed = dir.path().join("changed");
+    std::fs::create_dir_all(&changed).unwrap();
+    for name in ["deals.jsonl", "metering.jsonl"] {
+        std::fs::copy(inputs.join(name), changed.join(name)).unwrap();
+    }
+    let rates = std::fs::read_to_string(inputs.join("rates.jsonl")).unwrap();
+    std::fs::write(
+        changed.join("rates.jsonl"),
+        rates.replacen("\"price_per_gpu_hour\":", "\"price_per_gpu_hour\":7", 1),
+    )
+    .unwrap();
+    let other = run("c", &changed);
+    let differs = verify(&first, &other);
+    assert_eq!(differs.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&differs.stdout).contains("diverged at or before offsets"),
+        "{}",
+        String::from_utf8_lossy(&differs.stdout)
+    );
 }

@@ -136,6 +136,18 @@ fn live_processing_equals_batch_mode_and_restarts_resume_without_refolding() {
     assert_eq!(first["records_refolded"], 0);
     assert_exported_equals_fold(&broker, &inputs, dir.path(), "first");
 
+    // The live state and a batch run over the same logs: same offsets and
+    // the same output digests, task by task.
+    let mut batch = super::common::options(&inputs, &dir.path().join("batch-out"));
+    batch.partitions = 4;
+    batch.state_dir = Some(dir.path().join("batch-state"));
+    super::common::fold(&batch);
+    let verify = Command::new(env!("CARGO_BIN_EXE_gpuledger"))
+        .args(["verify", "--state-dir", path(&state), "--against", path(&dir.path().join("batch-state"))])
+        .output()
+        .unwrap();
+    assert!(verify.status.success(), "live and batch differ: {}", String::from_utf8_lossy(&verify.stdout));
+
     // Poison records of every reason went to the dead-letter topic with
     // their source offsets, and the partitions kept moving (the equality
     // above covers every later record).
