@@ -84,6 +84,18 @@ fn produce(broker: &Broker, inputs: &Path) {
     );
 }
 
+/// A broker with the topics (`partitions` each) and a Philly workload of
+/// `jobs` jobs produced; the directory is kept until the test removes it, so
+/// a failure leaves its files to look at.
+fn loaded_broker(jobs: usize, slice_ms: i64, partitions: u32) -> (Broker, PathBuf, PathBuf) {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap().keep();
+    let inputs = workload(&dir, jobs, slice_ms);
+    gpuledger(&broker, &["topics", "create", "--partitions", &partitions.to_string()]);
+    produce(&broker, &inputs);
+    (broker, dir, inputs)
+}
+
 /// Equal record lists, or a short account of where they part (the lists are
 /// tens of thousands of lines).
 fn assert_same_records(actual: &[String], expected: &[String], what: &str, dir: &Path) {
@@ -124,26 +136,22 @@ fn assert_exported_equals_fold(broker: &Broker, inputs: &Path, dir: &Path, name:
 
 #[test]
 fn live_processing_equals_batch_mode_and_restarts_resume_without_refolding() {
-    let broker = Broker::start();
-    let dir = tempfile::tempdir().unwrap();
-    let inputs = workload(dir.path(), 200, 30 * gpuledger::units::MINUTE_MS);
-    gpuledger(&broker, &["topics", "create", "--partitions", "4"]);
-    produce(&broker, &inputs);
+    let (broker, dir, inputs) = loaded_broker(200, 30 * gpuledger::units::MINUTE_MS, 4);
 
-    let state = dir.path().join("state");
+    let state = dir.join("state");
     let first = run_until_caught_up(&broker, &state);
     assert!(first["records_folded"].as_u64().unwrap() > 1_000, "{first}");
     assert_eq!(first["records_refolded"], 0);
-    assert_exported_equals_fold(&broker, &inputs, dir.path(), "first");
+    assert_exported_equals_fold(&broker, &inputs, &dir, "first");
 
     // The live state and a batch run over the same logs: same offsets and
     // the same output digests, task by task.
-    let mut batch = super::common::options(&inputs, &dir.path().join("batch-out"));
+    let mut batch = super::common::options(&inputs, &dir.join("batch-out"));
     batch.partitions = 4;
-    batch.state_dir = Some(dir.path().join("batch-state"));
+    batch.state_dir = Some(dir.join("batch-state"));
     super::common::fold(&batch);
     let verify = Command::new(env!("CARGO_BIN_EXE_gpuledger"))
-        .args(["verify", "--state-dir", path(&state), "--against", path(&dir.path().join("batch-state"))])
+        .args(["verify", "--state-dir", path(&state), "--against", path(&dir.join("batch-state"))])
         .output()
         .unwrap();
     assert!(verify.status.success(), "live and batch differ: {}", String::from_utf8_lossy(&verify.stdout));
@@ -151,7 +159,7 @@ fn live_processing_equals_batch_mode_and_restarts_resume_without_refolding() {
     // Poison records of every reason went to the dead-letter topic with
     // their source offsets, and the partitions kept moving (the equality
     // above covers every later record).
-    let exported = dir.path().join("export-first");
+    let exported = dir.join("export-first");
     let reasons: std::collections::BTreeSet<String> = lines(&exported, "dead-letter")
         .iter()
         .map(|line| {
@@ -177,57 +185,26 @@ fn live_processing_equals_batch_mode_and_restarts_resume_without_refolding() {
     let rebuilt = run_until_caught_up(&broker, &state);
     assert_eq!(rebuilt["records_folded"], 0, "{rebuilt}");
     assert_eq!(rebuilt["records_refolded"], first["records_folded"], "{rebuilt}");
-    assert_exported_equals_fold(&broker, &inputs, dir.path(), "rebuilt");
-}
-
-/// Starts `run` in the background and waits (by its log, not by time) until
-/// it has started the tasks of all 4 partitions.
-fn spawn_run(broker: &Broker, state: &Path) -> std::process::Child {
-    use std::io::BufRead;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_gpuledger"))
-        .args(["run", "--state-dir", path(state), "--bootstrap-servers", &broker.address])
-        .env("GPULEDGER_LOG", "info")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (started, wait) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut tasks = 0;
-        for line in std::io::BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            if line.contains("task starting") {
-                tasks += 1;
-                if tasks == 4 {
-                    let _ = started.send(());
-                }
-            }
-        }
-    });
-    wait.recv_timeout(std::time::Duration::from_secs(120)).expect("the processor took no partition within 120 s");
-    child
+    assert_exported_equals_fold(&broker, &inputs, &dir, "rebuilt");
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
-    let broker = Broker::start();
-    let dir = tempfile::tempdir().unwrap().keep();
-    let inputs = workload(&dir, 1_500, 5 * gpuledger::units::MINUTE_MS);
-    gpuledger(&broker, &["topics", "create", "--partitions", "4"]);
-    produce(&broker, &inputs);
+    let (broker, dir, inputs) = loaded_broker(1_500, 5 * gpuledger::units::MINUTE_MS, 4);
     let state = dir.join("state");
     // Kill moments after the tasks started, from a fixed seed so a failure
     // can be replayed: 0.05 s to 2 s (a clean run folds this workload in
     // about 2 s, so kills land while folding, committing and re-folding).
     let mut seed = 0x5eed_u64;
     for kill in 0..5 {
-        let mut child = spawn_run(&broker, &state);
+        let mut instance = Instance::start(&broker, &state, &[]);
+        instance.wait_for("task starting", 4);
         seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         let delay = std::time::Duration::from_millis(50 + (seed >> 33) % 1_950);
         std::thread::sleep(delay); // the chaos, not a synchronisation
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
+        instance.child.kill().unwrap(); // SIGKILL
+        instance.child.wait().unwrap();
         eprintln!("kill {kill}: after {delay:?}");
     }
     let last = run_until_caught_up(&broker, &state);
@@ -298,11 +275,7 @@ impl Instance {
 
 #[test]
 fn two_instances_share_the_partitions_and_one_takes_over_when_the_other_stops() {
-    let broker = Broker::start();
-    let dir = tempfile::tempdir().unwrap().keep();
-    let inputs = workload(&dir, 1_500, 5 * gpuledger::units::MINUTE_MS);
-    gpuledger(&broker, &["topics", "create", "--partitions", "4"]);
-    produce(&broker, &inputs);
+    let (broker, dir, inputs) = loaded_broker(1_500, 5 * gpuledger::units::MINUTE_MS, 4);
     let (state_a, state_b) = (dir.join("state-a"), dir.join("state-b"));
     let mut first = Instance::start(&broker, &state_a, &[]);
     first.wait_for("task starting", 4);
@@ -324,19 +297,15 @@ fn two_instances_share_the_partitions_and_one_takes_over_when_the_other_stops() 
 
 #[test]
 fn the_processor_publishes_ticks_into_the_log_when_asked() {
-    let broker = Broker::start();
-    let dir = tempfile::tempdir().unwrap();
-    let inputs = workload(dir.path(), 100, 30 * gpuledger::units::MINUTE_MS);
-    gpuledger(&broker, &["topics", "create", "--partitions", "2"]);
-    produce(&broker, &inputs);
-    let state = dir.path().join("state");
+    let (broker, dir, _) = loaded_broker(100, 30 * gpuledger::units::MINUTE_MS, 2);
+    let state = dir.join("state");
     let args = ["run", "--exit-when-caught-up", "--state-dir", path(&state)];
     gpuledger_with(&broker, &args, &[("GPULEDGER_CLOCK__TICK_INTERVAL", "1s")]);
     // The ticks are records of the metering log (so replays see them); a
     // second run folds any the first did not: their wall-clock time closes
     // every month up to last month.
     gpuledger(&broker, &args);
-    let exported = dir.path().join("export-ticks");
+    let exported = dir.join("export-ticks");
     gpuledger(&broker, &["export", "--out", path(&exported), "--topics", "statements"]);
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
     let month = gpuledger::units::Month::of(now - 4 * gpuledger::units::DAY_MS).0 - 1;
@@ -346,6 +315,7 @@ fn the_processor_publishes_ticks_into_the_log_when_asked() {
         .map(|line| serde_json::from_str::<Value>(line).unwrap()["period"].as_str().unwrap().to_owned())
         .collect();
     assert!(periods.contains(&wanted), "no statement for {wanted} (closed by wall-clock ticks) in {periods:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// Spec §4: a late record can arrive after the task took a later-timed
@@ -411,12 +381,8 @@ fn a_rebuild_follows_the_recorded_order_of_a_late_record() {
 /// rebuilt from RocksDB with a new producer, rewinds and goes on.
 #[test]
 fn aborted_transactions_are_redone_from_the_committed_state() {
-    let broker = Broker::start();
-    let dir = tempfile::tempdir().unwrap();
-    let inputs = workload(dir.path(), 600, 30 * gpuledger::units::MINUTE_MS);
-    gpuledger(&broker, &["topics", "create", "--partitions", "4"]);
-    produce(&broker, &inputs);
-    let state = dir.path().join("state");
+    let (broker, dir, inputs) = loaded_broker(600, 30 * gpuledger::units::MINUTE_MS, 4);
+    let state = dir.join("state");
     let output = gpuledger_with(
         &broker,
         &["run", "--exit-when-caught-up", "--state-dir", path(&state)],
@@ -425,5 +391,6 @@ fn aborted_transactions_are_redone_from_the_committed_state() {
     let stats: Value = serde_json::from_str(String::from_utf8(output.stdout).unwrap().lines().last().unwrap()).unwrap();
     eprintln!("run with injected aborts: {stats}");
     assert!(stats["transactions_aborted"].as_u64().unwrap() >= 1, "{stats}");
-    assert_exported_equals_fold(&broker, &inputs, dir.path(), "aborts");
+    assert_exported_equals_fold(&broker, &inputs, &dir, "aborts");
+    std::fs::remove_dir_all(&dir).unwrap();
 }
