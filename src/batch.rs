@@ -176,11 +176,13 @@ impl OutputFiles {
         Ok(OutputFiles { writers, counts: [0; 5] })
     }
 
-    fn write(&mut self, outputs: &mut Vec<Output>) -> crate::Result<()> {
-        for output in outputs.drain(..) {
+    /// Writes outputs with their JSON bytes (as [`Task::fold_encoded`] gives them).
+    fn write(&mut self, outputs: &mut Vec<Output>, encoded: &mut Vec<Vec<u8>>) -> crate::Result<()> {
+        debug_assert_eq!(outputs.len(), encoded.len());
+        for (output, bytes) in outputs.drain(..).zip(encoded.drain(..)) {
             let stream = output.stream() as usize;
             let writer = &mut self.writers[stream];
-            output.write_json(&mut *writer)?;
+            writer.write_all(&bytes)?;
             writer.write_all(b"\n")?;
             self.counts[stream] += 1;
         }
@@ -228,6 +230,7 @@ pub fn run(options: &BatchOptions) -> crate::Result<BatchSummary> {
         }
         let mut task = Task::new(options.fold, state);
         let mut outputs = Vec::with_capacity(1024);
+        let mut encoded = Vec::with_capacity(1024);
         let mut since_commit = 0u64;
         loop {
             let mut heads = [Head::CaughtUp; 3];
@@ -240,8 +243,8 @@ pub fn run(options: &BatchOptions) -> crate::Result<BatchSummary> {
                 Choice::Wait => unreachable!("batch inputs are complete, the merge never waits"),
             };
             let (record, decoded) = cursors[topic.index()].head.take().expect("chosen input has a head");
-            task.fold(&record, decoded, &mut outputs);
-            files.write(&mut outputs)?;
+            task.fold_encoded(&record, decoded, &mut outputs, &mut encoded);
+            files.write(&mut outputs, &mut encoded)?;
             since_commit += 1;
             if since_commit >= options.commit_every {
                 commit(store.as_mut(), &mut task)?;

@@ -96,13 +96,26 @@ impl Task {
     /// Folds one record, taken by the merge, appending its outputs, and
     /// absorbs them into the task's output digest.
     pub fn fold(&mut self, record: &InputRecord, decoded: Decoded, outputs: &mut Vec<Output>) {
+        self.fold_encoded(record, decoded, outputs, &mut Vec::new());
+    }
+
+    /// [`Task::fold`], also handing back each new output's JSON bytes (one
+    /// entry per output, in order): the digest needs them anyway, so a
+    /// caller that writes JSON need not encode the records a second time.
+    pub fn fold_encoded(
+        &mut self,
+        record: &InputRecord,
+        decoded: Decoded,
+        outputs: &mut Vec<Output>,
+        encoded: &mut Vec<Vec<u8>>,
+    ) {
         let first = outputs.len();
         self.fold_record(record, decoded, outputs);
-        let mut bytes = Vec::with_capacity(1024);
         for output in &outputs[first..] {
-            bytes.clear();
+            let mut bytes = Vec::with_capacity(512);
             output.write_json(&mut bytes).expect("writing to memory cannot fail");
             self.state.digest.absorb(&bytes);
+            encoded.push(bytes);
         }
     }
 

@@ -168,6 +168,8 @@ struct TaskRunner {
     /// Below them the outputs were published already.
     suppress_below: [i64; 3],
     pending: Vec<Output>,
+    /// The JSON bytes of `pending`, one entry per output.
+    pending_json: Vec<Vec<u8>>,
     segments: Vec<(Topic, i64, i64)>,
     /// While re-folding: the recorded order of the committed cycles.
     plan: VecDeque<(Topic, i64, i64)>,
@@ -484,6 +486,7 @@ impl Processor<'_> {
             watermarks_at: Instant::now() - WATERMARK_REFRESH,
             suppress_below: [rates_committed.max(offsets[0]), assigned.committed[0], assigned.committed[1]],
             pending: Vec::new(),
+            pending_json: Vec::new(),
             segments: Vec::new(),
             plan: plan.segments.unwrap_or_default().into(),
             folded_since_commit: 0,
@@ -675,7 +678,7 @@ impl Processor<'_> {
                         tracing::info!(partition, "re-fold done; processing live");
                     }
                 } else {
-                    runner.task.fold(&record, decoded, &mut runner.pending);
+                    runner.task.fold_encoded(&record, decoded, &mut runner.pending, &mut runner.pending_json);
                     runner.folded_since_commit += 1;
                     self.stats.records_folded += 1;
                 }
@@ -718,7 +721,9 @@ impl Processor<'_> {
         type Publication<'t> = (&'t str, Option<Vec<u8>>, Vec<u8>);
         let mut records: Vec<Publication<'_>> = Vec::with_capacity(runner.pending.len() + 8);
         let outputs = std::mem::take(&mut runner.pending);
-        for output in &outputs {
+        let encoded = std::mem::take(&mut runner.pending_json);
+        debug_assert_eq!(outputs.len(), encoded.len());
+        for (output, json) in outputs.iter().zip(encoded) {
             let topic = match output {
                 Output::UsageRated(_) => &topics.usage_rated,
                 Output::Journal(_) => &topics.journal,
@@ -727,7 +732,7 @@ impl Processor<'_> {
                 Output::DeadLetter(_) => &topics.dead_letter,
             };
             let value = match self.config.output_format {
-                OutputFormat::Json => output.to_json(),
+                OutputFormat::Json => json,
                 OutputFormat::Avro => output.to_avro(&self.encoder)?,
             };
             records.push((topic, output.key().map(<[u8]>::to_vec), value));
