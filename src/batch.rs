@@ -159,13 +159,13 @@ impl Cursor {
     }
 }
 
-struct OutputFiles {
+pub(crate) struct OutputFiles {
     writers: Vec<BufWriter<File>>,
     counts: [u64; 5],
 }
 
 impl OutputFiles {
-    fn create(dir: &Path) -> crate::Result<OutputFiles> {
+    pub(crate) fn create(dir: &Path) -> crate::Result<OutputFiles> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating output directory {}", dir.display()))?;
         let mut writers = Vec::new();
         for stream in Stream::ALL {
@@ -177,7 +177,7 @@ impl OutputFiles {
     }
 
     /// Writes outputs with their JSON bytes (as [`Task::fold_encoded`] gives them).
-    fn write(&mut self, outputs: &mut Vec<Output>, encoded: &mut Vec<Vec<u8>>) -> crate::Result<()> {
+    pub(crate) fn write(&mut self, outputs: &mut Vec<Output>, encoded: &mut Vec<Vec<u8>>) -> crate::Result<()> {
         debug_assert_eq!(outputs.len(), encoded.len());
         for (output, bytes) in outputs.drain(..).zip(encoded.drain(..)) {
             let stream = output.stream() as usize;
@@ -189,7 +189,7 @@ impl OutputFiles {
         Ok(())
     }
 
-    fn finish(mut self) -> crate::Result<[u64; 5]> {
+    pub(crate) fn finish(mut self) -> crate::Result<[u64; 5]> {
         for writer in &mut self.writers {
             writer.flush()?;
         }

@@ -28,9 +28,11 @@ pub mod fold;
 pub mod gen;
 pub mod kafka;
 pub mod partitioner;
+pub mod progress;
 pub mod records;
 pub mod store;
 pub mod units;
+pub mod whatif;
 
 /// Errors of setup and I/O layers; the fold itself never fails (bad records
 /// become dead letters).

@@ -95,6 +95,9 @@ enum Command {
         #[arg(long)]
         exit_when_caught_up: bool,
     },
+    /// Rebuild state from the input topics into a fresh state directory
+    /// (own consumers, no group commits: the live processor is untouched).
+    Replay(ReplayArgs),
     /// Read the output topics (deduplicated by identity) into batch-mode files.
     Export {
         #[command(flatten)]
@@ -140,6 +143,40 @@ impl KafkaArgs {
             &gpuledger::config::Overrides { bootstrap_servers: self.bootstrap_servers.clone(), state_dir },
         )
     }
+}
+
+#[derive(clap::Args)]
+struct ReplayArgs {
+    #[command(flatten)]
+    kafka: KafkaArgs,
+    /// The fresh state directory to build (must hold no task state).
+    #[arg(long)]
+    state_dir: PathBuf,
+    /// Fold exactly the records with `time` at or before T (RFC 3339): the ledger as of T.
+    #[arg(long, value_parser = parse_time)]
+    until: Option<Millis>,
+    /// Only these tasks (partitions), e.g. `0,2`.
+    #[arg(long, value_delimiter = ',')]
+    partitions: Option<Vec<u32>>,
+    /// Write the outputs as JSONL files (and balances.json) into DIR.
+    #[arg(long, conflicts_with = "emit_prefix")]
+    out: Option<PathBuf>,
+    /// Publish the outputs to topics P.usage-rated, P.journal, ..., P.balances.
+    #[arg(long)]
+    emit_prefix: Option<String>,
+    /// Fold the history a second time with these rate cards (JSONL) and
+    /// compare per start-up and month; the state directory and outputs get the what-if.
+    #[arg(long)]
+    what_if_rates: Option<PathBuf>,
+    /// Where the what-if comparison CSV goes.
+    #[arg(long, default_value = "what-if.csv", requires = "what_if_rates")]
+    what_if_csv: PathBuf,
+}
+
+/// An RFC 3339 instant.
+fn parse_time(text: &str) -> Result<Millis, String> {
+    gpuledger::units::parse_rfc3339(text)
+        .ok_or_else(|| format!("{text:?} is not an RFC 3339 instant (e.g. 2017-10-31T23:59:59Z)"))
 }
 
 #[derive(clap::Args)]
@@ -299,6 +336,30 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let stats = gpuledger::kafka::processor::run(&config, &options, shutdown)?;
             println!("{}", serde_json::to_string(&stats)?);
             runtime.shutdown_background();
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Replay(args) => {
+            let config = args.kafka.load(None)?;
+            let sink = match (&args.out, &args.emit_prefix) {
+                (Some(dir), _) => gpuledger::kafka::replay::Sink::Files(dir.clone()),
+                (None, Some(prefix)) => gpuledger::kafka::replay::Sink::Topics(prefix.clone()),
+                (None, None) => gpuledger::kafka::replay::Sink::Suppressed,
+            };
+            let options = gpuledger::kafka::replay::ReplayOptions {
+                state_dir: args.state_dir,
+                until: args.until,
+                partitions: args.partitions,
+                sink,
+                what_if_rates: args.what_if_rates,
+            };
+            let summary = gpuledger::kafka::replay::replay(&config, &options)?;
+            if let Some(comparison) = &summary.what_if {
+                print!("{}", comparison.table());
+                std::fs::write(&args.what_if_csv, comparison.csv())
+                    .with_context(|| format!("writing {}", args.what_if_csv.display()))?;
+                println!("what-if comparison written to {}", args.what_if_csv.display());
+            }
+            println!("{}", serde_json::to_string(&summary)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Export { kafka, out, topics } => {

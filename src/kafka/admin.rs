@@ -36,9 +36,17 @@ pub fn plan(config: &Config, partitions: u32) -> Vec<TopicPlan> {
 /// Creates the topics; ones that exist already are reported, not errors.
 pub async fn create_topics(config: &Config, partitions: u32, replication: i32) -> crate::Result<Vec<(String, String)>> {
     anyhow::ensure!(partitions >= 1, "--partitions must be at least 1");
+    create_planned(config, &plan(config, partitions), replication).await
+}
+
+/// Creates planned topics; ones that exist already are reported, not errors.
+pub async fn create_planned(
+    config: &Config,
+    plans: &[TopicPlan],
+    replication: i32,
+) -> crate::Result<Vec<(String, String)>> {
     let admin: AdminClient<DefaultClientContext> =
         super::client_config(config, &[]).create().context("creating a Kafka admin client")?;
-    let plans = plan(config, partitions);
     let new_topics: Vec<NewTopic<'_>> = plans
         .iter()
         .map(|plan| {

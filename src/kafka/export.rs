@@ -87,7 +87,7 @@ fn read_topic(
     topic: &str,
     mut each: impl FnMut(u32, i64, &[u8]) -> crate::Result<()>,
 ) -> crate::Result<()> {
-    let consumer: BaseConsumer = super::client_config(
+    let consumer: BaseConsumer<super::QuietEof> = super::client_config(
         config,
         &[
             ("group.id", &format!("{}-export", config.group_id)),
@@ -97,7 +97,7 @@ fn read_topic(
             ("enable.partition.eof", "true"),
         ],
     )
-    .create()
+    .create_with_context(super::QuietEof)
     .context("creating a Kafka consumer")?;
     let Some(partitions) = super::partition_count(&consumer, topic)? else { bail!("topic {topic} does not exist") };
     // The end of a partition is where the consumer reports EOF, not a

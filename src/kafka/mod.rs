@@ -6,6 +6,7 @@ pub mod admin;
 pub mod export;
 pub mod processor;
 pub mod produce;
+pub mod replay;
 
 use std::time::Duration;
 
@@ -52,6 +53,62 @@ pub fn group_client_config(config: &Config, ours: &[(&str, &str)]) -> ClientConf
     client
 }
 
+/// A consumer context that keeps librdkafka's end-of-partition events
+/// (which consumers with `enable.partition.eof` read from `poll`) out of the
+/// error log; every other error is logged as librdkafka's default does.
+pub struct QuietEof;
+
+impl rdkafka::ClientContext for QuietEof {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        match error {
+            rdkafka::error::KafkaError::Global(rdkafka::types::RDKafkaErrorCode::PartitionEOF)
+            | rdkafka::error::KafkaError::PartitionEOF(_) => tracing::trace!(reason, "end of partition"),
+            error => tracing::error!(%error, reason, "librdkafka error"),
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for QuietEof {}
+
+/// The end offsets of `partitions` (topic, partition), as fetch responses
+/// report them. Not ListOffsets: the local test broker answers it with a
+/// wrong high watermark (see docs/kafka.md). `None` when not all are known
+/// within 10 s.
+pub fn end_offsets(config: &Config, partitions: &[(&str, u32)]) -> crate::Result<Option<Vec<i64>>> {
+    let consumer: BaseConsumer<QuietEof> = client_config(
+        config,
+        &[
+            ("group.id", &format!("{}-metadata", config.group_id)),
+            ("enable.auto.commit", "false"),
+            ("enable.partition.eof", "true"),
+            ("fetch.wait.max.ms", "100"),
+        ],
+    )
+    .create_with_context(QuietEof)
+    .context("creating a Kafka client")?;
+    let mut list = rdkafka::TopicPartitionList::new();
+    for (topic, partition) in partitions {
+        list.add_partition_offset(topic, *partition as i32, rdkafka::Offset::End)?;
+    }
+    consumer.assign(&list)?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let ends = loop {
+        let _ = consumer.poll(Duration::from_millis(50));
+        let ends: Vec<Option<i64>> = partitions
+            .iter()
+            .map(|(topic, partition)| processor::cached_end_offset(&consumer, topic, *partition))
+            .collect();
+        if ends.iter().all(Option::is_some) {
+            break Some(ends.into_iter().flatten().collect());
+        }
+        if std::time::Instant::now() >= deadline {
+            break None;
+        }
+    };
+    processor::close_in_background(consumer);
+    Ok(ends)
+}
+
 /// A consumer for metadata and watermarks only (never subscribes).
 pub fn metadata_consumer(config: &Config) -> crate::Result<BaseConsumer> {
     client_config(config, &[("group.id", &format!("{}-metadata", config.group_id)), ("enable.auto.commit", "false")])
@@ -60,7 +117,10 @@ pub fn metadata_consumer(config: &Config) -> crate::Result<BaseConsumer> {
 }
 
 /// The number of partitions of a topic, `None` when it does not exist.
-pub fn partition_count(consumer: &BaseConsumer, topic: &str) -> crate::Result<Option<u32>> {
+pub fn partition_count<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+) -> crate::Result<Option<u32>> {
     let metadata = consumer
         .fetch_metadata(Some(topic), METADATA_TIMEOUT)
         .with_context(|| format!("reading the metadata of topic {topic}"))?;
@@ -97,4 +157,30 @@ pub fn check_copartitioned(config: &Config, consumer: &BaseConsumer) -> crate::R
         }
         (Some(count), _, _) => Ok(count),
     }
+}
+
+/// The consumer group's committed offsets of deals and metering for each of
+/// `partitions` (0 where none is committed). Reads them without joining the
+/// group, so a running processor is not disturbed.
+pub fn group_offsets(config: &Config, partitions: &[u32]) -> crate::Result<std::collections::BTreeMap<u32, [i64; 2]>> {
+    let consumer: BaseConsumer =
+        client_config(config, &[("group.id", &config.group_id), ("enable.auto.commit", "false")])
+            .create()
+            .context("creating a Kafka client")?;
+    let mut list = rdkafka::TopicPartitionList::new();
+    for partition in partitions {
+        list.add_partition(&config.topics.deals, *partition as i32);
+        list.add_partition(&config.topics.metering, *partition as i32);
+    }
+    let committed = consumer
+        .committed_offsets(list, METADATA_TIMEOUT)
+        .with_context(|| format!("reading the committed offsets of group {}", config.group_id))?;
+    processor::close_in_background(consumer);
+    let mut offsets = std::collections::BTreeMap::new();
+    for element in committed.elements() {
+        let entry = offsets.entry(element.partition() as u32).or_insert([0i64; 2]);
+        let slot = usize::from(element.topic() != config.topics.deals);
+        entry[slot] = element.offset().to_raw().filter(|offset| *offset >= 0).unwrap_or(0);
+    }
+    Ok(offsets)
 }

@@ -156,7 +156,7 @@ struct TaskRunner {
     partition: u32,
     task: Task,
     producer: BaseProducer,
-    rates: BaseConsumer,
+    rates: BaseConsumer<super::QuietEof>,
     rates_caught_up: bool,
     buffers: [VecDeque<(InputRecord, Decoded)>; 3],
     /// Next offset expected per input (rates, deals, metering).
@@ -227,13 +227,13 @@ impl TaskRunner {
 
 /// What the progress topic says about task `partition`'s committed cycles.
 #[derive(Debug, Default)]
-struct CommittedPlan {
+pub(crate) struct CommittedPlan {
     /// Rates offset reached by the last committed cycle.
-    rates_offset: Option<i64>,
+    pub(crate) rates_offset: Option<i64>,
     /// The input segments the committed cycles took after the stored
     /// offsets, in order; `None` when the chain of progress records from the
     /// stored offsets to the committed ones cannot be followed.
-    segments: Option<Vec<(Topic, i64, i64)>>,
+    pub(crate) segments: Option<Vec<(Topic, i64, i64)>>,
 }
 
 /// One parsed progress record: where its cycle started and ended, and what
@@ -249,21 +249,22 @@ struct ProgressEntry {
 /// recorded order wherever it exists). Working backwards from the committed
 /// end skips records of aborted cycles that a broker may show: the latest
 /// record ending where the chain needs one is the committed one.
-fn committed_plan(
+pub(crate) fn committed_plan(
     config: &Config,
     partition: u32,
     stored: [i64; 3],
     committed: [i64; 2],
 ) -> crate::Result<CommittedPlan> {
-    let consumer: BaseConsumer = super::client_config(
+    let consumer: BaseConsumer<super::QuietEof> = super::client_config(
         config,
         &[
             ("group.id", &format!("{}-progress", config.group_id)),
             ("enable.auto.commit", "false"),
             ("enable.partition.eof", "true"),
+            ("fetch.wait.max.ms", "100"),
         ],
     )
-    .create()
+    .create_with_context(super::QuietEof)
     .context("creating the progress reader")?;
     let topic_of = |name: &str| {
         if name == config.topics.rates {
@@ -352,7 +353,11 @@ fn committed_plan(
 /// `read_committed` consumer), without a network round trip. A broker query
 /// (`fetch_watermarks`) would block the loop, and with `read_committed` the
 /// local test broker does not answer it at all.
-fn cached_end_offset(consumer: &BaseConsumer<GroupContext>, topic: &str, partition: u32) -> Option<i64> {
+pub(crate) fn cached_end_offset<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    partition: u32,
+) -> Option<i64> {
     let topic = std::ffi::CString::new(topic).ok()?;
     let (mut low, mut high) = (-1i64, -1i64);
     // SAFETY: the client pointer is valid for the consumer's lifetime, the
@@ -369,7 +374,7 @@ fn cached_end_offset(consumer: &BaseConsumer<GroupContext>, topic: &str, partiti
     (error == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0).then_some(high)
 }
 
-fn to_input(topic: Topic, message: &rdkafka::message::BorrowedMessage<'_>) -> InputRecord {
+pub(crate) fn to_input(topic: Topic, message: &rdkafka::message::BorrowedMessage<'_>) -> InputRecord {
     let headers = message
         .headers()
         .map(|headers| headers.iter().map(|header| (header.key.to_owned(), header.value.map(<[u8]>::to_vec))).collect())
@@ -455,7 +460,7 @@ impl Processor<'_> {
         .create()
         .context("creating a transactional producer")?;
         producer.init_transactions(TRANSACTION_TIMEOUT).context("initialising transactions")?;
-        let rates: BaseConsumer = super::client_config(
+        let rates: BaseConsumer<super::QuietEof> = super::client_config(
             self.config,
             &[
                 ("group.id", &format!("{}-rates", self.config.group_id)),
@@ -464,7 +469,7 @@ impl Processor<'_> {
                 ("enable.partition.eof", "true"),
             ],
         )
-        .create()
+        .create_with_context(super::QuietEof)
         .context("creating the rates consumer")?;
         let mut list = TopicPartitionList::new();
         list.add_partition_offset(&self.config.topics.rates, 0, Offset::Offset(offsets[0]))?;

@@ -29,7 +29,7 @@ pub struct ProduceSummary {
 /// Counts records the broker did not take (delivery reports arrive later
 /// than `send` returns).
 #[derive(Default)]
-struct Deliveries {
+pub(crate) struct Deliveries {
     failed: AtomicU64,
     first_error: std::sync::Mutex<Option<String>>,
 }
@@ -47,10 +47,9 @@ impl ProducerContext for Deliveries {
     }
 }
 
-pub fn produce(config: &Config, files: [Option<&Path>; 3]) -> crate::Result<ProduceSummary> {
-    let consumer = super::metadata_consumer(config)?;
-    let partitions = super::check_copartitioned(config, &consumer)?;
-    let producer: BaseProducer<Deliveries> = super::client_config(
+/// An idempotent producer tuned for loading many records, counting failed deliveries.
+pub(crate) fn bulk_producer(config: &Config) -> crate::Result<BaseProducer<Deliveries>> {
+    super::client_config(
         config,
         &[
             ("enable.idempotence", "true"),
@@ -60,7 +59,24 @@ pub fn produce(config: &Config, files: [Option<&Path>; 3]) -> crate::Result<Prod
         ],
     )
     .create_with_context(Deliveries::default())
-    .context("creating a Kafka producer")?;
+    .context("creating a Kafka producer")
+}
+
+/// Flushes and fails if any of the `sent` records was not delivered.
+pub(crate) fn flush_checked(producer: &BaseProducer<Deliveries>, sent: u64) -> crate::Result<()> {
+    producer.flush(Duration::from_secs(60)).context("flushing the producer")?;
+    let failed = producer.context().failed.load(Ordering::Relaxed);
+    if failed > 0 {
+        let first = producer.context().first_error.lock().expect("lock").clone().unwrap_or_default();
+        anyhow::bail!("{failed} of {sent} records were not delivered (first error: {first})");
+    }
+    Ok(())
+}
+
+pub fn produce(config: &Config, files: [Option<&Path>; 3]) -> crate::Result<ProduceSummary> {
+    let consumer = super::metadata_consumer(config)?;
+    let partitions = super::check_copartitioned(config, &consumer)?;
+    let producer = bulk_producer(config)?;
     let mut summary = ProduceSummary::default();
     let started = Instant::now();
     let mut last_report = Instant::now();
@@ -99,16 +115,11 @@ pub fn produce(config: &Config, files: [Option<&Path>; 3]) -> crate::Result<Prod
             }
         }
     }
-    producer.flush(Duration::from_secs(60)).context("flushing the producer")?;
-    let failed = producer.context().failed.load(Ordering::Relaxed);
-    if failed > 0 {
-        let first = producer.context().first_error.lock().expect("lock").clone().unwrap_or_default();
-        anyhow::bail!("{failed} of {} records were not delivered (first error: {first})", summary.records);
-    }
+    flush_checked(&producer, summary.records)?;
     Ok(summary)
 }
 
-fn send(
+pub(crate) fn send(
     producer: &BaseProducer<Deliveries>,
     topic: &str,
     partition: i32,
