@@ -47,7 +47,8 @@ enum Command {
     },
     /// Print a per-start-up table of a balances.json.
     Table { balances: PathBuf },
-    /// Compare two state directories task by task: offsets and output digests.
+    /// Compare two state directories task by task: where their offsets and
+    /// output digests agree, and the first checkpoint where they part.
     Verify {
         #[arg(long)]
         state_dir: PathBuf,
@@ -401,13 +402,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let left = gpuledger::store::rocks::RocksStore::open_read_only(&state_dir)?;
             let right = gpuledger::store::rocks::RocksStore::open_read_only(&against)?;
             let report = gpuledger::store::verify(&left, &right)?;
-            for line in &report.differences {
+            for line in report.agreements.iter().chain(&report.differences) {
                 println!("{line}");
             }
             if report.differences.is_empty() {
-                println!("identical: {} tasks, same offsets and output digests", report.tasks);
+                println!("consistent: {} tasks, no difference in offsets or output digests", report.tasks);
                 Ok(ExitCode::SUCCESS)
             } else {
+                println!("diverged: {} of {} tasks differ", report.differences.len(), report.tasks);
                 Ok(ExitCode::FAILURE)
             }
         }

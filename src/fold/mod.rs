@@ -117,6 +117,14 @@ impl Task {
             self.state.digest.absorb(&bytes);
             encoded.push(bytes);
         }
+        self.state.folded += 1;
+        if self.state.folded % state::CHECKPOINT_EVERY == 0 {
+            self.changes.checkpoints.push(state::Checkpoint {
+                folded: self.state.folded,
+                offsets: self.state.offsets,
+                digest: self.state.digest,
+            });
+        }
     }
 
     fn fold_record(&mut self, record: &InputRecord, decoded: Decoded, outputs: &mut Vec<Output>) {

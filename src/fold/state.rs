@@ -267,6 +267,20 @@ pub struct TaskState {
     /// [`OutputDigest`]); equal digests at equal offsets prove two runs
     /// processed identically.
     pub digest: OutputDigest,
+    /// Records folded by this task since offset 0 (checkpoints count them).
+    pub folded: u64,
+}
+
+/// Every this many records a task notes its offsets and output digest, so
+/// `verify` can tell where two runs part (to within this many records).
+pub const CHECKPOINT_EVERY: u64 = 256;
+
+/// A task's position and output digest after its `folded`-th record.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub folded: u64,
+    pub offsets: Offsets,
+    pub digest: OutputDigest,
 }
 
 /// `d' = SHA-256(d ‖ len(record) ‖ record)` over the canonical (JSON) bytes
@@ -303,6 +317,7 @@ pub struct Changes {
     pub rate_cards: BTreeSet<(RateKey, Millis)>,
     pub rate_identities: BTreeMap<IdentityKey, Digest>,
     pub task_meta: bool,
+    pub checkpoints: Vec<Checkpoint>,
 }
 
 impl Changes {

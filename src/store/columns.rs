@@ -11,6 +11,7 @@
 //! |---|---|---|
 //! | `meta` | `task` + partition | [`TaskMeta`] (JSON) |
 //! | `meta` | `layout` | [`Layout`] (JSON) |
+//! | `meta` | `ckpt` + partition + records folded (8) | [`Checkpoint`](crate::fold::state::Checkpoint) (JSON) |
 //! | `startups` | partition, startup | start-up record without grants, deals, dedup (JSON) |
 //! | `grants` | partition, startup, grant id | grant (JSON) |
 //! | `deals` | partition, startup, deal id | deal (JSON) |
@@ -62,6 +63,9 @@ pub struct TaskMeta {
     /// Rolling output digest at these offsets (absent in older stores).
     #[serde(default)]
     pub digest: OutputDigest,
+    /// Records folded since offset 0 (absent in older stores).
+    #[serde(default)]
+    pub folded: u64,
 }
 
 /// How the state directory's tasks were laid out; a run with another layout
@@ -76,6 +80,18 @@ pub const LAYOUT_KEY: &[u8] = b"layout";
 pub fn task_meta_key(partition: u32) -> Vec<u8> {
     let mut key = b"task".to_vec();
     key.extend_from_slice(&partition.to_be_bytes());
+    key
+}
+
+pub fn checkpoint_prefix(partition: u32) -> Vec<u8> {
+    let mut key = b"ckpt".to_vec();
+    key.extend_from_slice(&partition.to_be_bytes());
+    key
+}
+
+pub fn checkpoint_key(partition: u32, folded: u64) -> Vec<u8> {
+    let mut key = checkpoint_prefix(partition);
+    key.extend_from_slice(&folded.to_be_bytes());
     key
 }
 

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 
 use anyhow::{anyhow, Context as _};
 
-use crate::fold::state::{rate_key_text, Changes, Deal, Grant, RateCard, Startup, TaskState};
+use crate::fold::state::{rate_key_text, Changes, Checkpoint, Deal, Grant, RateCard, Startup, TaskState};
 use columns::{Column, Layout, TaskMeta};
 
 /// One write of a commit; `None` deletes.
@@ -109,11 +109,15 @@ pub fn commit_ops(state: &TaskState, changes: &Changes) -> Vec<Op> {
     for (identity, digest) in &changes.rate_identities {
         put(&mut ops, Column::RateIds, columns::rate_identity_key(partition, identity), digest.to_vec());
     }
+    for checkpoint in &changes.checkpoints {
+        put(&mut ops, Column::Meta, columns::checkpoint_key(partition, checkpoint.folded), json(checkpoint));
+    }
     let meta = TaskMeta {
         tick_clock: state.tick_clock,
         offsets: state.offsets,
         rates_duplicates_dropped: state.rates.duplicates_dropped,
         digest: state.digest,
+        folded: state.folded,
     };
     put(&mut ops, Column::Meta, columns::task_meta_key(partition), json(&meta));
     ops
@@ -140,6 +144,7 @@ pub fn load_task(store: &dyn KvStore, partition: u32) -> crate::Result<TaskState
     state.offsets = meta.offsets;
     state.rates.duplicates_dropped = meta.rates_duplicates_dropped;
     state.digest = meta.digest;
+    state.folded = meta.folded;
     let prefix = columns::partition_prefix(partition);
     for (key, value) in store.scan_prefix(Column::Startups, &prefix)? {
         let startup: Startup = parse(Column::Startups, &key, &value)?;
@@ -196,7 +201,9 @@ pub fn load_task(store: &dyn KvStore, partition: u32) -> crate::Result<TaskState
 #[derive(Debug, Default)]
 pub struct VerifyReport {
     pub tasks: usize,
-    /// One line per task that differs; empty when identical.
+    /// One line per task that agrees (identical, or one run further on).
+    pub agreements: Vec<String>,
+    /// One line per task that differs; empty when nothing contradicts.
     pub differences: Vec<String>,
 }
 
@@ -211,28 +218,98 @@ pub fn task_partitions(store: &dyn KvStore) -> crate::Result<Vec<u32>> {
     Ok(partitions)
 }
 
-/// Compares two stores task by task: offsets and output digests. Equal
-/// digests at equal offsets mean the two runs derived the same records.
+/// A task's checkpoints, in order, ending with its current position.
+pub fn load_checkpoints(store: &dyn KvStore, partition: u32) -> crate::Result<Vec<Checkpoint>> {
+    let mut checkpoints = Vec::new();
+    for (key, value) in store.scan_prefix(Column::Meta, &columns::checkpoint_prefix(partition))? {
+        checkpoints.push(parse::<Checkpoint>(Column::Meta, &key, &value)?);
+    }
+    let meta = load_task_meta(store, partition)?;
+    if checkpoints.last().is_none_or(|last| last.folded != meta.folded) {
+        checkpoints.push(Checkpoint { folded: meta.folded, offsets: meta.offsets, digest: meta.digest });
+    }
+    Ok(checkpoints)
+}
+
+/// Compares two stores task by task through their checkpoints (offsets and
+/// output digest every [`CHECKPOINT_EVERY`](crate::fold::state::CHECKPOINT_EVERY) records): identical, one run
+/// further on than the other with nothing contradicting, or where they part
+/// — the last agreeing position and the first differing one.
 pub fn verify(left: &dyn KvStore, right: &dyn KvStore) -> crate::Result<VerifyReport> {
-    let mut partitions = task_partitions(left)?;
-    partitions.extend(task_partitions(right)?);
+    let (in_left, in_right) = (task_partitions(left)?, task_partitions(right)?);
+    let mut partitions: Vec<u32> = in_left.iter().chain(&in_right).copied().collect();
     partitions.sort_unstable();
     partitions.dedup();
-    let mut report = VerifyReport { tasks: partitions.len(), differences: Vec::new() };
+    let mut report = VerifyReport { tasks: partitions.len(), ..VerifyReport::default() };
     for partition in partitions {
-        let (a, b) = (load_task_meta(left, partition)?, load_task_meta(right, partition)?);
-        if a.offsets != b.offsets {
-            report.differences.push(format!(
-                "task {partition}: at different offsets (rates, deals, metering) {:?} and {:?}; compare runs at equal offsets",
-                a.offsets, b.offsets
+        if !in_left.contains(&partition) || !in_right.contains(&partition) {
+            let side = if in_left.contains(&partition) { "the first" } else { "the second" };
+            report.differences.push(format!("task {partition}: only {side} directory has state for it"));
+            continue;
+        }
+        let a = load_checkpoints(left, partition)?;
+        let b = load_checkpoints(right, partition)?;
+        let (a_end, b_end) = (a.last().copied().unwrap_or_default(), b.last().copied().unwrap_or_default());
+        if a_end == b_end {
+            report.agreements.push(format!(
+                "task {partition}: identical through record {} at offsets (rates, deals, metering) {:?}",
+                a_end.folded, a_end.offsets
             ));
-        } else if a.digest != b.digest {
-            report.differences.push(format!(
-                "task {partition}: diverged at or before offsets {:?}: output digests {} and {}",
-                a.offsets,
-                a.digest.hex(),
-                b.digest.hex()
-            ));
+            continue;
+        }
+        // Walk the positions both have, in record order.
+        let b_at: BTreeMap<u64, Checkpoint> = b.iter().map(|checkpoint| (checkpoint.folded, *checkpoint)).collect();
+        let mut agreed = Checkpoint::default();
+        let mut parted: Option<(Checkpoint, Checkpoint)> = None;
+        for checkpoint in &a {
+            let Some(other) = b_at.get(&checkpoint.folded) else { continue };
+            if other == checkpoint {
+                agreed = *checkpoint;
+            } else {
+                parted = Some((*checkpoint, *other));
+                break;
+            }
+        }
+        match parted {
+            Some((x, y)) => report.differences.push(format!(
+                "task {partition}: diverged after record {} (offsets {:?}, identical so far), by record {}: \
+                 offsets {:?} and {:?}, output digests {} and {}",
+                agreed.folded,
+                agreed.offsets,
+                x.folded,
+                x.offsets,
+                y.offsets,
+                x.digest.hex(),
+                y.digest.hex()
+            )),
+            None => {
+                let (shorter, longer, which) =
+                    if a_end.folded < b_end.folded { (a_end, b_end, "second") } else { (b_end, a_end, "first") };
+                if agreed.folded == 0 && shorter.folded > 0 {
+                    report.differences.push(format!(
+                        "task {partition}: no common checkpoint to compare (records folded {} and {}); \
+                         were both directories written by this version?",
+                        a_end.folded, b_end.folded
+                    ));
+                } else {
+                    report.agreements.push(format!(
+                        "task {partition}: identical through record {} at offsets {:?}; the {which} run goes on to \
+                         record {} at offsets {:?}{}",
+                        agreed.folded,
+                        agreed.offsets,
+                        longer.folded,
+                        longer.offsets,
+                        if agreed.folded < shorter.folded {
+                            format!(
+                                " (the last {} records of the shorter run are not compared)",
+                                shorter.folded - agreed.folded
+                            )
+                        } else {
+                            String::new()
+                        }
+                    ));
+                }
+            }
         }
     }
     Ok(report)

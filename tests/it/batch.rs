@@ -303,41 +303,60 @@ fn balance_reads_a_state_directory_read_only_even_while_it_is_in_use() {
 }
 
 #[test]
-fn verify_compares_state_directories_by_offsets_and_output_digests() {
+fn verify_finds_where_two_state_directories_part() {
     let dir = tempfile::tempdir().unwrap();
     let inputs = workload(dir.path(), 200, 30 * MINUTE_MS);
     let run = |name: &str, inputs: &Path| {
         let mut options = options(inputs, &dir.path().join(format!("out-{name}")));
         options.state_dir = Some(dir.path().join(format!("state-{name}")));
-        options.partitions = 2;
         fold(&options);
         dir.path().join(format!("state-{name}"))
     };
-    let (first, second) = (run("a", &inputs), run("b", &inputs));
     let verify = |left: &Path, right: &Path| {
-        binary().arg("verify").arg("--state-dir").arg(left).arg("--against").arg(right).output().unwrap()
+        let output = binary().arg("verify").arg("--state-dir").arg(left).arg("--against").arg(right).output().unwrap();
+        (output.status.code(), String::from_utf8(output.stdout).unwrap())
     };
-    let same = verify(&first, &second);
-    assert!(same.status.success(), "{}", String::from_utf8_lossy(&same.stdout));
-    assert!(String::from_utf8_lossy(&same.stdout).starts_with("identical: 2 tasks"));
-    // The same inputs with one price changed: same offsets, other records.
+    let (first, second) = (run("a", &inputs), run("b", &inputs));
+    let (code, text) = verify(&first, &second);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("task 0: identical through record") && text.contains("consistent: 1 tasks"), "{text}");
+
+    // One usage event in the middle of the log changed: the report names the
+    // checkpoint window (at most 256 records) that holds its offset.
+    let metering = std::fs::read_to_string(inputs.join("metering.jsonl")).unwrap();
+    let mut lines: Vec<String> = metering.lines().map(str::to_owned).collect();
+    let changed_at = (lines.len() / 2..lines.len())
+        .find(|index| lines[*index].contains("gpuledger.gpu.usage") && lines[*index].contains("\"gpu_count\":"))
+        .unwrap();
+    lines[changed_at] = lines[changed_at].replacen("\"gpu_count\":", "\"gpu_count\":9", 1);
     let changed = dir.path().join("changed");
     std::fs::create_dir_all(&changed).unwrap();
-    for name in ["deals.jsonl", "metering.jsonl"] {
-        std::fs::copy(inputs.join(name), changed.join(name)).unwrap();
-    }
-    let rates = std::fs::read_to_string(inputs.join("rates.jsonl")).unwrap();
-    std::fs::write(
-        changed.join("rates.jsonl"),
-        rates.replacen("\"price_per_gpu_hour\":", "\"price_per_gpu_hour\":7", 1),
-    )
-    .unwrap();
+    std::fs::copy(inputs.join("rates.jsonl"), changed.join("rates.jsonl")).unwrap();
+    std::fs::copy(inputs.join("deals.jsonl"), changed.join("deals.jsonl")).unwrap();
+    std::fs::write(changed.join("metering.jsonl"), lines.join("\n") + "\n").unwrap();
     let other = run("c", &changed);
-    let differs = verify(&first, &other);
-    assert_eq!(differs.status.code(), Some(1));
+    let (code, text) = verify(&first, &other);
+    assert_eq!(code, Some(1), "{text}");
+    let offsets = |marker: &str| -> Vec<i64> {
+        let start = text.find(marker).unwrap_or_else(|| panic!("no {marker:?} in {text}")) + marker.len();
+        let list = &text[start..start + text[start..].find(']').unwrap()];
+        list.split(", ").map(|number| number.parse().unwrap()).collect()
+    };
+    let (agreed, parted) = (offsets("(offsets ["), offsets(": offsets ["));
     assert!(
-        String::from_utf8_lossy(&differs.stdout).contains("diverged at or before offsets"),
-        "{}",
-        String::from_utf8_lossy(&differs.stdout)
+        agreed[2] <= changed_at as i64 && (changed_at as i64) < parted[2],
+        "metering offset {changed_at} must lie in the reported window: {text}"
     );
+
+    // A run over the first half of the log agrees with the whole run as far as it goes.
+    let half = dir.path().join("half");
+    std::fs::create_dir_all(&half).unwrap();
+    std::fs::copy(inputs.join("rates.jsonl"), half.join("rates.jsonl")).unwrap();
+    std::fs::copy(inputs.join("deals.jsonl"), half.join("deals.jsonl")).unwrap();
+    let metering_lines: Vec<&str> = metering.lines().collect();
+    std::fs::write(half.join("metering.jsonl"), metering_lines[..metering_lines.len() / 2].join("\n") + "\n").unwrap();
+    let shorter = run("d", &half);
+    let (code, text) = verify(&shorter, &first);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("the second run goes on to record"), "{text}");
 }
