@@ -36,6 +36,9 @@ pub struct BatchOptions {
     pub fold: FoldConfig,
     /// Records folded between two commits to the state store.
     pub commit_every: u64,
+    /// Fold only the records whose `time` is at or before this instant,
+    /// in the order the merge takes them from the whole files (as-of T).
+    pub until: Option<crate::units::Millis>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -46,6 +49,8 @@ pub struct BatchSummary {
     pub duplicates_dropped: u64,
     pub outputs: [u64; 5],
     pub startups: usize,
+    /// Records `until` left out: later, or without a readable time.
+    pub after_until: u64,
 }
 
 /// The Kafka key a producer gives a line: the start-up for deals and usage,
@@ -243,6 +248,12 @@ pub fn run(options: &BatchOptions) -> crate::Result<BatchSummary> {
                 Choice::Wait => unreachable!("batch inputs are complete, the merge never waits"),
             };
             let (record, decoded) = cursors[topic.index()].head.take().expect("chosen input has a head");
+            if let Some(until) = options.until {
+                if decoded.time.is_none_or(|time| time > until) {
+                    summary.after_until += 1;
+                    continue;
+                }
+            }
             task.fold_encoded(&record, decoded, &mut outputs, &mut encoded);
             files.write(&mut outputs, &mut encoded)?;
             since_commit += 1;

@@ -99,6 +99,26 @@ enum Command {
     /// Rebuild state from the input topics into a fresh state directory
     /// (own consumers, no group commits: the live processor is untouched).
     Replay(ReplayArgs),
+    /// Move the consumer group's committed offsets back, safely: refuses
+    /// while the group has live members, shows the plan, moves invalidated
+    /// local state aside.
+    Reset {
+        #[command(flatten)]
+        kafka: KafkaArgs,
+        /// RocksDB state directory (overrides processor.state_dir).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// Back to offset 0: everything is processed (and published) again.
+        #[arg(long, conflicts_with = "to_datetime", required_unless_present = "to_datetime")]
+        to_earliest: bool,
+        /// Back to the processor's committed position at this wall-clock
+        /// instant (RFC 3339): the last cycle committed at or before it.
+        #[arg(long, value_parser = parse_time)]
+        to_datetime: Option<Millis>,
+        /// Show what would be done; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Read the output topics (deduplicated by identity) into batch-mode files.
     Export {
         #[command(flatten)]
@@ -207,6 +227,10 @@ struct FoldArgs {
     /// Records folded between two commits to the state directory.
     #[arg(long, default_value_t = 50_000)]
     commit_every: u64,
+    /// Fold exactly the records with `time` at or before T (RFC 3339), in
+    /// the order the merge takes them from the whole files: the ledger as of T.
+    #[arg(long, value_parser = parse_time)]
+    until: Option<Millis>,
 }
 
 /// `90s`, `5m`, `72h`, `35d`, `250ms` (the config file's syntax).
@@ -246,10 +270,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     max_future: args.max_future,
                 },
                 commit_every: args.commit_every.max(1),
+                until: args.until,
             };
             let started = std::time::Instant::now();
             let summary = gpuledger::batch::run(&options)?;
             let seconds = started.elapsed().as_secs_f64();
+            if args.until.is_some() {
+                println!("left out {} records later than --until (or without a readable time)", summary.after_until);
+            }
             println!(
                 "folded {} records ({} usage accepted, {} dead letters, {} duplicates dropped) for {} start-ups in {:.2}s ({:.0} records/s) into {}",
                 summary.records,
@@ -361,6 +389,26 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("what-if comparison written to {}", args.what_if_csv.display());
             }
             println!("{}", serde_json::to_string(&summary)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Reset { kafka, state_dir, to_earliest, to_datetime, dry_run } => {
+            let config = kafka.load(state_dir)?;
+            let to = match (to_earliest, to_datetime) {
+                (_, Some(at)) => gpuledger::kafka::reset::ResetTo::Datetime(at),
+                _ => gpuledger::kafka::reset::ResetTo::Earliest,
+            };
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .context("the wall clock is before 1970")?
+                .as_millis() as i64;
+            let plan = gpuledger::kafka::reset::plan(&config, to, now)?;
+            print!("{}", plan.describe());
+            if dry_run {
+                println!("dry run: nothing changed");
+            } else {
+                gpuledger::kafka::reset::apply(&config, &plan)?;
+                println!("offsets committed for group {}", plan.group);
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Export { kafka, out, topics } => {

@@ -7,6 +7,7 @@ pub mod export;
 pub mod processor;
 pub mod produce;
 pub mod replay;
+pub mod reset;
 
 use std::time::Duration;
 

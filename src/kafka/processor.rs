@@ -236,25 +236,18 @@ pub(crate) struct CommittedPlan {
     pub(crate) segments: Option<Vec<(Topic, i64, i64)>>,
 }
 
-/// One parsed progress record: where its cycle started and ended, and what
-/// it took in between.
-struct ProgressEntry {
-    start: [i64; 3],
-    end: [i64; 3],
-    segments: Vec<(Topic, i64, i64)>,
+/// One parsed progress record: where its cycle started and ended, what it
+/// took in between, and when it was written (the record's Kafka timestamp).
+pub(crate) struct ProgressEntry {
+    pub(crate) start: [i64; 3],
+    pub(crate) end: [i64; 3],
+    pub(crate) segments: Vec<(Topic, i64, i64)>,
+    pub(crate) timestamp: Option<i64>,
 }
 
-/// Reads task `partition`'s progress records and chains them backwards from
-/// the committed offsets to the stored ones (spec §4: a re-fold follows the
-/// recorded order wherever it exists). Working backwards from the committed
-/// end skips records of aborted cycles that a broker may show: the latest
-/// record ending where the chain needs one is the committed one.
-pub(crate) fn committed_plan(
-    config: &Config,
-    partition: u32,
-    stored: [i64; 3],
-    committed: [i64; 2],
-) -> crate::Result<CommittedPlan> {
+/// Reads task `partition`'s progress records, in log order (records of
+/// aborted cycles included where a broker shows them).
+pub(crate) fn read_progress(config: &Config, partition: u32) -> crate::Result<Vec<ProgressEntry>> {
     let consumer: BaseConsumer<super::QuietEof> = super::client_config(
         config,
         &[
@@ -314,7 +307,7 @@ pub(crate) fn committed_plan(
                     start[topic.index()] = *from;
                 }
                 if end.iter().all(|offset| *offset >= 0) {
-                    entries.push(ProgressEntry { start, end, segments });
+                    entries.push(ProgressEntry { start, end, segments, timestamp: message.timestamp().to_millis() });
                 }
             }
             Some(Err(KafkaError::PartitionEOF(_))) => break,
@@ -326,25 +319,45 @@ pub(crate) fn committed_plan(
         }
     }
     close_in_background(consumer);
+    Ok(entries)
+}
 
+/// The committed cycles from `stored` to `committed` (deals, metering), as
+/// indices into `entries` in order. Working backwards from the committed
+/// end skips records of aborted cycles that a broker may show: the latest
+/// record ending where the chain needs one is the committed one. `None`
+/// when no record ends at the committed offsets or the chain breaks.
+pub(crate) fn committed_chain(entries: &[ProgressEntry], stored: [i64; 3], committed: [i64; 2]) -> Option<Vec<usize>> {
+    let last = entries.iter().rposition(|entry| entry.end[1] == committed[0] && entry.end[2] == committed[1])?;
+    let mut chain = vec![last];
+    let mut at = entries[last].start;
+    while at != stored {
+        let previous = entries[..*chain.last().expect("non-empty")].iter().rposition(|entry| entry.end == at)?;
+        at = entries[previous].start;
+        chain.push(previous);
+    }
+    chain.reverse();
+    Some(chain)
+}
+
+/// What the progress topic says about task `partition`'s committed cycles
+/// after the stored offsets (spec §4: a re-fold follows the recorded order
+/// wherever it exists).
+pub(crate) fn committed_plan(
+    config: &Config,
+    partition: u32,
+    stored: [i64; 3],
+    committed: [i64; 2],
+) -> crate::Result<CommittedPlan> {
+    let entries = read_progress(config, partition)?;
     let mut plan = CommittedPlan::default();
     let Some(last) = entries.iter().rposition(|entry| entry.end[1] == committed[0] && entry.end[2] == committed[1])
     else {
         return Ok(plan);
     };
     plan.rates_offset = Some(entries[last].end[0]);
-    let mut chain = vec![last];
-    let mut at = entries[last].start;
-    while at != stored {
-        match entries[..*chain.last().expect("non-empty")].iter().rposition(|entry| entry.end == at) {
-            Some(previous) => {
-                at = entries[previous].start;
-                chain.push(previous);
-            }
-            None => return Ok(plan),
-        }
-    }
-    plan.segments = Some(chain.iter().rev().flat_map(|index| entries[*index].segments.iter().copied()).collect());
+    plan.segments = committed_chain(&entries, stored, committed)
+        .map(|chain| chain.iter().flat_map(|index| entries[*index].segments.iter().copied()).collect());
     Ok(plan)
 }
 

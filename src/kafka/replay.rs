@@ -318,7 +318,8 @@ fn read_rates(path: &Path) -> crate::Result<Vec<(InputRecord, Decoded)>> {
             topic: Topic::Rates,
             partition: 0,
             offset: rates.len() as i64,
-            key: None,
+            // The key a producer would give it, as on the rates topic.
+            key: crate::events::json::parse(line).ok().and_then(|value| crate::batch::record_key(Topic::Rates, &value)),
             value: line.to_vec(),
             headers: Vec::new(),
         };

@@ -33,6 +33,7 @@ pub fn options(inputs: &Path, out: &Path) -> BatchOptions {
         partitions: 1,
         fold: FoldConfig::default(),
         commit_every: 1_000,
+        until: None,
     }
 }
 

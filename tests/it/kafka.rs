@@ -394,3 +394,233 @@ fn aborted_transactions_are_redone_from_the_committed_state() {
     assert_exported_equals_fold(&broker, &inputs, &dir, "aborts");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `gpuledger verify A B`: exit code and report.
+fn verify(left: &Path, right: &Path) -> (Option<i32>, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_gpuledger"))
+        .args(["verify", "--state-dir", path(left), "--against", path(right)])
+        .output()
+        .unwrap();
+    (output.status.code(), String::from_utf8(output.stdout).unwrap())
+}
+
+/// A balances file's figures without the run-specific offsets and digest.
+fn figures(file: &Path) -> Vec<Value> {
+    let balances: Vec<Value> = serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap();
+    balances
+        .into_iter()
+        .map(|mut balance| {
+            let object = balance.as_object_mut().unwrap();
+            object.remove("offsets");
+            object.remove("digest");
+            balance
+        })
+        .collect()
+}
+
+fn column_sum(csv: &str, column: &str) -> i64 {
+    let mut rows = csv.lines();
+    let header: Vec<&str> = rows.next().unwrap().split(',').collect();
+    let index = header.iter().position(|name| *name == column).unwrap();
+    rows.map(|row| row.split(',').nth(index).unwrap().parse::<i64>().unwrap()).sum()
+}
+
+fn usage_cost(dir: &Path) -> i64 {
+    lines(dir, "usage-rated")
+        .iter()
+        .map(|line| serde_json::from_str::<Value>(line).unwrap()["cost"].as_i64().unwrap())
+        .sum()
+}
+
+/// Replay of a finished live run: the same state (digest) and outputs;
+/// `--until T` = batch mode over the events up to T; `--what-if-rates` =
+/// batch mode with the other rate cards, compared with the actual history;
+/// `--partitions` and `--emit-prefix` replay some tasks into other topics.
+#[test]
+fn replay_rebuilds_the_live_state_and_answers_as_of_and_what_if_questions() {
+    let (broker, dir, inputs) = loaded_broker(300, 30 * gpuledger::units::MINUTE_MS, 4);
+    let live = dir.join("live");
+    run_until_caught_up(&broker, &live);
+    let batch_until = |inputs: &Path, name: &str, until: Option<&str>| {
+        let mut options = super::common::options(inputs, &dir.join(name));
+        options.partitions = 4;
+        options.until = until.map(|until| gpuledger::units::parse_rfc3339(until).unwrap());
+        super::common::fold(&options);
+        dir.join(name)
+    };
+    let batch = |inputs: &Path, name: &str| batch_until(inputs, name, None);
+    let full = batch(&inputs, "batch");
+
+    // A full replay reproduces the live state, digest for digest, and the outputs.
+    let (replayed, out) = (dir.join("replay"), dir.join("replay-out"));
+    let output = gpuledger(&broker, &["replay", "--state-dir", path(&replayed), "--out", path(&out)]);
+    let summary: Value = serde_json::from_slice(output.stdout.split(|b| *b == b'\n').rev().nth(1).unwrap()).unwrap();
+    assert!(summary["records_in_recorded_order"].as_u64().unwrap() > 1_000, "{summary}");
+    let (code, text) = verify(&live, &replayed);
+    assert_eq!(code, Some(0), "{text}");
+    assert_eq!(text.matches("identical through record").count(), 4, "{text}");
+    for stream in STREAMS {
+        assert_same_records(&lines(&out, stream), &lines(&full, stream), &format!("replay: {stream}"), &dir);
+    }
+    // Replay builds a fresh state directory, never on top of one.
+    let again = Command::new(env!("CARGO_BIN_EXE_gpuledger"))
+        .args(["replay", "--state-dir", path(&replayed), "--bootstrap-servers", &broker.address])
+        .output()
+        .unwrap();
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already holds state"));
+
+    // As of T: exactly the records up to T, in the order they were taken,
+    // as batch mode folds them (`fold --until`).
+    let until = "2025-10-01T00:00:00Z";
+    let as_of = dir.join("until-out");
+    gpuledger(&broker, &["replay", "--state-dir", path(&dir.join("until")), "--until", until, "--out", path(&as_of)]);
+    let expected = batch_until(&inputs, "until-batch", Some(until));
+    let limit = gpuledger::units::parse_rfc3339(until).unwrap();
+    for line in lines(&as_of, "usage-rated") {
+        let time = serde_json::from_str::<Value>(&line).unwrap()["time"].as_str().map(str::to_owned).unwrap();
+        assert!(gpuledger::units::parse_rfc3339(&time).unwrap() <= limit, "{line}");
+    }
+    for stream in ["usage-rated", "journal", "statements", "alerts"] {
+        assert_same_records(&lines(&as_of, stream), &lines(&expected, stream), &format!("until: {stream}"), &dir);
+    }
+    assert!(!lines(&as_of, "usage-rated").is_empty());
+    assert_eq!(figures(&as_of.join("balances.json")), figures(&expected.join("balances.json")));
+    assert_ne!(figures(&as_of.join("balances.json")), figures(&full.join("balances.json")));
+
+    // What-if: every price doubled. The what-if world is batch mode with
+    // those rate cards; the comparison's columns are the two worlds' sums.
+    let alternative = dir.join("alt-inputs");
+    std::fs::create_dir_all(&alternative).unwrap();
+    let doubled: Vec<String> = std::fs::read_to_string(inputs.join("rates.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|line| match serde_json::from_str::<Value>(line) {
+            Ok(mut rate) if rate["data"]["price_per_gpu_hour"].is_i64() => {
+                let price = rate["data"]["price_per_gpu_hour"].as_i64().unwrap();
+                rate["data"]["price_per_gpu_hour"] = (price * 2).into();
+                rate.to_string()
+            }
+            _ => line.to_owned(),
+        })
+        .collect();
+    std::fs::write(alternative.join("rates.jsonl"), doubled.join("\n") + "\n").unwrap();
+    for name in ["deals.jsonl", "metering.jsonl"] {
+        std::fs::copy(inputs.join(name), alternative.join(name)).unwrap();
+    }
+    let (what_if_out, csv) = (dir.join("what-if-out"), dir.join("what-if.csv"));
+    let output = gpuledger(
+        &broker,
+        &[
+            "replay",
+            "--state-dir",
+            path(&dir.join("what-if")),
+            "--what-if-rates",
+            path(&alternative.join("rates.jsonl")),
+            "--what-if-csv",
+            path(&csv),
+            "--out",
+            path(&what_if_out),
+        ],
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains("total (all currencies)"));
+    let alternative_batch = batch(&alternative, "what-if-batch");
+    for stream in STREAMS {
+        let what: &str = &format!("what-if: {stream}");
+        assert_same_records(&lines(&what_if_out, stream), &lines(&alternative_batch, stream), what, &dir);
+    }
+    let csv = std::fs::read_to_string(&csv).unwrap();
+    assert_eq!(column_sum(&csv, "usage_cost_actual"), usage_cost(&full));
+    assert_eq!(column_sum(&csv, "usage_cost_what_if"), usage_cost(&alternative_batch));
+    assert_eq!(column_sum(&csv, "usage_cost_delta"), usage_cost(&alternative_batch) - usage_cost(&full));
+    assert!(usage_cost(&alternative_batch) > usage_cost(&full));
+
+    // Some tasks, to other topics: exactly their share of the records.
+    let emitted = dir.join("emitted-state");
+    gpuledger(&broker, &["replay", "--state-dir", path(&emitted), "--partitions", "1,3", "--emit-prefix", "replayed"]);
+    let exported = dir.join("export-emitted");
+    gpuledger_with(
+        &broker,
+        &["export", "--out", path(&exported), "--topics", "usage-rated"],
+        &[("GPULEDGER_TOPICS__USAGE_RATED", "replayed.usage-rated")],
+    );
+    let ours = |line: &String| {
+        let startup = serde_json::from_str::<Value>(line).unwrap()["startup"].as_str().unwrap().to_owned();
+        [1, 3].contains(&gpuledger::partitioner::partition_for_key(startup.as_bytes(), 4))
+    };
+    let share: Vec<String> = lines(&full, "usage-rated").into_iter().filter(ours).collect();
+    assert!(!share.is_empty());
+    assert_eq!(super::common::sorted(lines(&exported, "usage-rated")), super::common::sorted(share));
+    let (code, text) = verify(&emitted, &live);
+    assert_eq!(code, Some(1), "{text}");
+    assert_eq!(text.matches("only the second directory has state").count(), 2, "{text}");
+    assert_eq!(text.matches("identical through record").count(), 2, "{text}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// What-if by hand: one hour on an H800 at 3.60/h against a 3.60 grant;
+/// at 7.20/h the grant covers half and the rest is overage (spec §7), so
+/// cost, overage and revenue each rise by exactly 3.60 (3,600,000 micros).
+#[test]
+fn what_if_rates_change_the_figures_by_the_expected_amount() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    gpuledger(&broker, &["topics", "create", "--partitions", "1"]);
+    let write = |name: &str, line: &str| {
+        let file = dir.path().join(name);
+        std::fs::write(&file, format!("{line}\n")).unwrap();
+        file
+    };
+    let rate = |price: i64| {
+        format!(
+            r#"{{"specversion":"1.0","id":"r1","source":"p","type":"gpuledger.rate.published","time":"2025-01-01T00:00:00Z","data":{{"gpu_model":"H800","region":"r","tier":"spot","currency":"USD","price_per_gpu_hour":{price},"effective_from":"2025-01-01T00:00:00Z"}}}}"#
+        )
+    };
+    let rates = write("rates.jsonl", &rate(3_600_000));
+    let alternative = write("alt.jsonl", &rate(7_200_000));
+    let grant = write(
+        "deals.jsonl",
+        r#"{"specversion":"1.0","id":"g","source":"crm","type":"gpuledger.credit.granted","subject":"acme","time":"2025-01-01T09:00:00Z","data":{"grant_id":"g1","face_amount":3600000,"currency":"USD","effective_at":"2025-01-01T00:00:00Z","consideration":"cash"}}"#,
+    );
+    let usage = write(
+        "metering.jsonl",
+        r#"{"specversion":"1.0","id":"u1","source":"m","type":"gpuledger.gpu.usage","subject":"acme","time":"2025-01-01T11:00:00Z","data":{"cluster_id":"c","region":"r","gpu_model":"H800","tier":"spot","gpu_count":1,"started_at":"2025-01-01T10:00:00Z","ended_at":"2025-01-01T11:00:00Z"}}"#,
+    );
+    gpuledger(&broker, &["produce", "--rates", path(&rates), "--deals", path(&grant), "--metering", path(&usage)]);
+    run_until_caught_up(&broker, &dir.path().join("live"));
+    let csv = dir.path().join("what-if.csv");
+    let output = gpuledger(
+        &broker,
+        &[
+            "replay",
+            "--state-dir",
+            path(&dir.path().join("what-if")),
+            "--what-if-rates",
+            path(&alternative),
+            "--what-if-csv",
+            path(&csv),
+        ],
+    );
+    let table = String::from_utf8(output.stdout).unwrap();
+    assert!(table.contains("acme"), "{table}");
+    let csv = std::fs::read_to_string(&csv).unwrap();
+    let rows: Vec<&str> = csv.lines().collect();
+    assert_eq!(rows.len(), 2, "{csv}");
+    let fields: Vec<&str> = rows[1].split(',').collect();
+    assert_eq!(&fields[..3], ["acme", "2025-01", "USD"]);
+    let number = |index: usize| fields[index].parse::<i64>().unwrap();
+    // usage cost: actual, what-if, delta
+    assert_eq!((number(3), number(4), number(5)), (3_600_000, 7_200_000, 3_600_000), "{csv}");
+    // revenue: the grant's 3.60 either way, plus the overage's 3.60 in the what-if
+    assert_eq!(number(8), 3_600_000, "{csv}");
+    assert_eq!(number(7) - number(6), 3_600_000, "{csv}");
+    // overage: none, then 3.60
+    assert_eq!((number(9), number(10), number(11)), (0, 3_600_000, 3_600_000), "{csv}");
+    // The what-if state is in the state directory: its balance shows the overage.
+    let balance = Command::new(env!("CARGO_BIN_EXE_gpuledger"))
+        .args(["balance", "--json", "--startup", "acme", "--state-dir", path(&dir.path().join("what-if"))])
+        .output()
+        .unwrap();
+    let balance: Value = serde_json::from_slice(&balance.stdout).unwrap();
+    assert_eq!(balance["currencies"][0]["overage"], 3_600_000, "{balance}");
+}
