@@ -402,7 +402,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .context("the wall clock is before 1970")?
                 .as_millis() as i64;
             let plan = gpuledger::kafka::reset::plan(&config, to, now)?;
-            print!("{}", plan.describe());
+            print!("{}", plan.describe(dry_run));
             if dry_run {
                 println!("dry run: nothing changed");
             } else {

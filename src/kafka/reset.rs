@@ -64,7 +64,8 @@ pub struct ResetPlan {
 }
 
 impl ResetPlan {
-    pub fn describe(&self) -> String {
+    /// The plan as text; `dry_run` words the state action as a possibility.
+    pub fn describe(&self, dry_run: bool) -> String {
         use std::fmt::Write as _;
         let mut text = String::new();
         let _ = writeln!(text, "group {}: no live members (state {})", self.group, self.group_state);
@@ -88,8 +89,9 @@ impl ResetPlan {
             ),
             StateAction::Move { tasks, to } => writeln!(
                 text,
-                "state directory {}: tasks {tasks:?} are beyond the new offsets; moved to {} (the processor rebuilds from the input log)",
+                "state directory {}: tasks {tasks:?} are beyond the new offsets; {} {} (the processor rebuilds from the input log)",
                 self.state_dir.display(),
+                if dry_run { "would be moved to" } else { "moved to" },
                 to.display()
             ),
         };
@@ -106,8 +108,14 @@ fn group_state(consumer: &BaseConsumer, group: &str) -> crate::Result<String> {
         return Ok("unknown to the broker".to_owned());
     };
     if !info.members().is_empty() {
-        let members: Vec<String> =
-            info.members().iter().map(|member| format!("{}@{}", member.client_id(), member.client_host())).collect();
+        let members: Vec<String> = info
+            .members()
+            .iter()
+            .map(|member| match (member.client_id(), member.client_host()) {
+                ("", "") => member.id().to_owned(),
+                (client, host) => format!("{} ({client} on {host})", member.id()),
+            })
+            .collect();
         bail!(
             "group {group} has {} live member(s) ({}); stop every processor of the group before resetting it",
             members.len(),
@@ -148,7 +156,8 @@ pub fn plan(config: &Config, to: ResetTo, now: Millis) -> crate::Result<ResetPla
                              offsets {current:?}; use --to-earliest"
                         );
                     };
-                    let last = chain.iter().rev().find(|index| entries[**index].timestamp.is_some_and(|time| time <= at));
+                    let last =
+                        chain.iter().rev().find(|index| entries[**index].timestamp.is_some_and(|time| time <= at));
                     match last {
                         Some(index) => {
                             let entry = &entries[*index];
@@ -204,7 +213,9 @@ pub fn apply(config: &Config, plan: &ResetPlan) -> crate::Result<()> {
         list.add_partition_offset(&config.topics.deals, reset.partition as i32, Offset::Offset(reset.target[0]))?;
         list.add_partition_offset(&config.topics.metering, reset.partition as i32, Offset::Offset(reset.target[1]))?;
     }
-    consumer.commit(&list, CommitMode::Sync).with_context(|| format!("committing offsets for group {}", config.group_id))?;
+    consumer
+        .commit(&list, CommitMode::Sync)
+        .with_context(|| format!("committing offsets for group {}", config.group_id))?;
     close_in_background(consumer);
     Ok(())
 }

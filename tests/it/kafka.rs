@@ -624,3 +624,96 @@ fn what_if_rates_change_the_figures_by_the_expected_amount() {
     let balance: Value = serde_json::from_slice(&balance.stdout).unwrap();
     assert_eq!(balance["currencies"][0]["overage"], 3_600_000, "{balance}");
 }
+
+/// `gpuledger reset` with its exit status and both outputs.
+fn reset(broker: &Broker, state: &Path, args: &[&str]) -> (Option<i32>, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_gpuledger"))
+        .args(["reset", "--state-dir", path(state), "--bootstrap-servers", &broker.address])
+        .args(args)
+        .env("GPULEDGER_LOG", "warn")
+        .output()
+        .unwrap();
+    let text = |bytes: Vec<u8>| String::from_utf8(bytes).unwrap();
+    (output.status.code(), text(output.stdout), text(output.stderr))
+}
+
+/// Reset refuses while a processor is in the group; `--dry-run` changes
+/// nothing; `--to-datetime T` goes back to the commits made by T (state
+/// moved aside, rebuilt in the recorded order, the rest processed again);
+/// `--to-earliest` processes everything again. The outputs published twice
+/// are the same records, so the exported topics still equal batch mode.
+#[test]
+fn reset_refuses_a_live_group_and_rewinds_to_a_commit_or_the_start() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap().keep();
+    let inputs = workload(&dir, 300, 30 * gpuledger::units::MINUTE_MS);
+    gpuledger(&broker, &["topics", "create", "--partitions", "4"]);
+    let metering = std::fs::read_to_string(inputs.join("metering.jsonl")).unwrap();
+    let metering: Vec<&str> = metering.lines().collect();
+    let (first_half, second_half) = (dir.join("metering-1.jsonl"), dir.join("metering-2.jsonl"));
+    std::fs::write(&first_half, metering[..metering.len() / 2].join("\n") + "\n").unwrap();
+    std::fs::write(&second_half, metering[metering.len() / 2..].join("\n") + "\n").unwrap();
+    let state = dir.join("state");
+
+    gpuledger(
+        &broker,
+        &[
+            "produce",
+            "--rates",
+            path(&inputs.join("rates.jsonl")),
+            "--deals",
+            path(&inputs.join("deals.jsonl")),
+            "--metering",
+            path(&first_half),
+        ],
+    );
+    let first = run_until_caught_up(&broker, &state);
+    let between = gpuledger::units::format_millis(
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64,
+    );
+    gpuledger(&broker, &["produce", "--metering", path(&second_half)]);
+    let second = run_until_caught_up(&broker, &state);
+    assert!(second["records_folded"].as_u64().unwrap() > 0, "{second}");
+
+    // A processor in the group: refused, nothing touched.
+    let mut instance = Instance::start(&broker, &dir.join("other-state"), &[]);
+    instance.wait_for("task starting", 4);
+    let (code, _, stderr) = reset(&broker, &state, &["--to-earliest"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("live member"), "{stderr}");
+    assert!(instance.terminate().success());
+
+    // A dry run shows the plan and changes nothing: the next run has nothing to do.
+    let (code, stdout, stderr) = reset(&broker, &state, &["--to-datetime", &between, "--dry-run"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("would be moved to") && stdout.contains("dry run: nothing changed"), "{stdout}");
+    let idle = run_until_caught_up(&broker, &state);
+    assert_eq!((idle["records_folded"].as_u64(), idle["records_refolded"].as_u64()), (Some(0), Some(0)), "{idle}");
+
+    // Back to the commits made before the second half was produced.
+    let (code, stdout, stderr) = reset(&broker, &state, &["--to-datetime", &between]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(!state.exists(), "the invalidated state must be moved aside: {stdout}");
+    let moved = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter(|entry| entry.as_ref().unwrap().file_name().to_string_lossy().starts_with("state.before-reset-"))
+        .count();
+    assert_eq!(moved, 1, "{stdout}");
+    let rewound = run_until_caught_up(&broker, &state);
+    assert_eq!(rewound["records_refolded"], first["records_folded"], "{rewound}");
+    assert_eq!(rewound["records_folded"], second["records_folded"], "{rewound}");
+    assert_exported_equals_fold(&broker, &inputs, &dir, "reset-datetime");
+
+    // Back to the start: everything is processed again.
+    let (code, _, stderr) = reset(&broker, &state, &["--to-earliest"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let again = run_until_caught_up(&broker, &state);
+    assert_eq!(again["records_refolded"], 0, "{again}");
+    assert_eq!(
+        again["records_folded"].as_u64(),
+        Some(first["records_folded"].as_u64().unwrap() + second["records_folded"].as_u64().unwrap()),
+        "{again}"
+    );
+    assert_exported_equals_fold(&broker, &inputs, &dir, "reset-earliest");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
