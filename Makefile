@@ -43,6 +43,11 @@ demo-batch: build ## the Philly workload in batch mode (no broker), audited; pri
 bench-fold: build ## batch-mode fold throughput on the full Philly workload (3 runs)
 	@scripts/bench-fold.sh "$(BIN)" "$(TRACE)" "$(BENCH_DIR)"
 
+.PHONY: bench-replay
+bench-replay: build ## replay throughput beside the broker's raw consume rate, full Philly workload (3 runs)
+	$(CARGO) build --release --locked --example raw_consume
+	@scripts/bench-replay.sh "$(BIN)" "$(CARGO_TARGET_DIR)/release/examples/raw_consume" "$(TRACE)" "$(BENCH_DIR)/replay"
+
 .PHONY: golden
 golden: build ## regenerate tests/data/golden/expected (review the diff!)
 	$(BIN) fold --rates tests/data/golden/rates.jsonl --deals tests/data/golden/deals.jsonl \

@@ -7,8 +7,10 @@
 //! the live processor recorded in the progress topic for the committed part
 //! of the history (spec §4) and the merge rule after it, exactly as a
 //! recovering processor does, so a full replay reproduces the live
-//! processor's outputs and output digest. Tasks run one after another; every
-//! commit of the fold's changes goes to RocksDB as in batch mode.
+//! processor's outputs and output digest. Tasks are independent and run on
+//! up to one thread per core; the fold's changes go to RocksDB every 50,000
+//! records and at the end, as in batch mode. Output files are written per
+//! task and joined in task order, so they never depend on thread timing.
 //!
 //! `--until T` folds exactly the records whose `time` is at or before T
 //! (records without a readable time are left out too), so the state is the
@@ -18,6 +20,8 @@
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
@@ -134,6 +138,7 @@ impl Input {
             match self.consumer.poll(timeout) {
                 None => break,
                 Some(Err(KafkaError::PartitionEOF(_))) => {
+                    tracing::debug!(topic = self.topic.name(), end = self.next, "input at its end");
                     self.ended = true;
                     self.last_heard = Instant::now();
                 }
@@ -198,11 +203,27 @@ impl WhatIf {
     }
 }
 
-/// Where outputs go, opened once for the whole replay.
+/// Where outputs go, shared by the tasks (which run on parallel threads).
 enum Writer {
     Suppressed,
-    Files { dir: PathBuf, files: OutputFiles, balances: Vec<Balances> },
-    Topics { prefix: String, producer: BaseProducer<Deliveries>, sent: u64 },
+    /// Each task writes its own files in `dir/.replay-task-<p>`; `finish`
+    /// joins them in task order, so the files do not depend on timing.
+    Files {
+        dir: PathBuf,
+        balances: Mutex<Vec<Balances>>,
+    },
+    Topics {
+        prefix: String,
+        producer: BaseProducer<Deliveries>,
+        sent: AtomicU64,
+    },
+}
+
+/// One task's end of the [`Writer`].
+enum TaskOutput<'w> {
+    Suppressed,
+    Files(OutputFiles),
+    Topics { prefix: &'w str, producer: &'w BaseProducer<Deliveries>, sent: &'w AtomicU64 },
 }
 
 impl Writer {
@@ -210,7 +231,8 @@ impl Writer {
         Ok(match sink {
             Sink::Suppressed => Writer::Suppressed,
             Sink::Files(dir) => {
-                Writer::Files { dir: dir.clone(), files: OutputFiles::create(dir)?, balances: Vec::new() }
+                std::fs::create_dir_all(dir).with_context(|| format!("creating output directory {}", dir.display()))?;
+                Writer::Files { dir: dir.clone(), balances: Mutex::new(Vec::new()) }
             }
             Sink::Topics(prefix) => {
                 let plans = emit_topics(config, prefix, partitions)?;
@@ -218,21 +240,84 @@ impl Writer {
                 for (topic, outcome) in runtime.block_on(super::admin::create_planned(config, &plans, 1))? {
                     tracing::info!(topic, outcome, "replay output topic");
                 }
-                Writer::Topics { prefix: prefix.clone(), producer: bulk_producer(config)?, sent: 0 }
+                Writer::Topics { prefix: prefix.clone(), producer: bulk_producer(config)?, sent: AtomicU64::new(0) }
             }
         })
     }
 
-    fn write(&mut self, partition: u32, outputs: &mut Vec<Output>, encoded: &mut Vec<Vec<u8>>) -> crate::Result<()> {
+    fn task_dir(dir: &Path, partition: u32) -> PathBuf {
+        dir.join(format!(".replay-task-{partition}"))
+    }
+
+    fn for_task(&self, partition: u32) -> crate::Result<TaskOutput<'_>> {
+        Ok(match self {
+            Writer::Suppressed => TaskOutput::Suppressed,
+            Writer::Files { dir, .. } => TaskOutput::Files(OutputFiles::create(&Self::task_dir(dir, partition))?),
+            Writer::Topics { prefix, producer, sent } => TaskOutput::Topics { prefix, producer, sent },
+        })
+    }
+
+    fn balances(&self, partition: u32, balances: Vec<Balances>) -> crate::Result<()> {
         match self {
             Writer::Suppressed => {}
-            Writer::Files { files, .. } => files.write(outputs, encoded)?,
+            Writer::Files { balances: all, .. } => all.lock().expect("balances lock").extend(balances),
             Writer::Topics { prefix, producer, sent } => {
+                let topic = format!("{prefix}.balances");
+                for balance in balances {
+                    let value = serde_json::to_vec(&balance)?;
+                    send(producer, &topic, partition as i32, Some(balance.startup.as_bytes()), &value)?;
+                    sent.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(self, tasks: &[u32]) -> crate::Result<()> {
+        match self {
+            Writer::Suppressed => Ok(()),
+            Writer::Files { dir, balances } => {
+                for stream in Stream::ALL {
+                    let name = format!("{}.jsonl", stream.name());
+                    let path = dir.join(&name);
+                    let mut joined = std::io::BufWriter::new(
+                        std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?,
+                    );
+                    for task in tasks {
+                        let part = Self::task_dir(&dir, *task).join(&name);
+                        let mut file =
+                            std::fs::File::open(&part).with_context(|| format!("opening {}", part.display()))?;
+                        std::io::copy(&mut file, &mut joined)?;
+                    }
+                    std::io::Write::flush(&mut joined)?;
+                }
+                for task in tasks {
+                    std::fs::remove_dir_all(Self::task_dir(&dir, *task))?;
+                }
+                let mut balances = balances.into_inner().expect("balances lock");
+                balances.sort_by(|left, right| left.startup.cmp(&right.startup));
+                write_balances(&dir.join("balances.json"), &balances)
+            }
+            Writer::Topics { producer, sent, .. } => {
+                flush_checked(&producer, sent.into_inner())?;
+                close_in_background(producer);
+                Ok(())
+            }
+        }
+    }
+}
+
+impl TaskOutput<'_> {
+    fn write(&mut self, partition: u32, outputs: &mut Vec<Output>, encoded: &mut Vec<Vec<u8>>) -> crate::Result<()> {
+        match self {
+            TaskOutput::Suppressed => {}
+            TaskOutput::Files(files) => files.write(outputs, encoded)?,
+            TaskOutput::Topics { prefix, producer, sent } => {
                 for (output, bytes) in outputs.iter().zip(encoded.iter()) {
                     let topic = format!("{prefix}.{}", output.stream().name());
                     send(producer, &topic, partition as i32, output.key(), bytes)?;
-                    *sent += 1;
                 }
+                sent.fetch_add(outputs.len() as u64, Ordering::Relaxed);
             }
         }
         outputs.clear();
@@ -240,41 +325,11 @@ impl Writer {
         Ok(())
     }
 
-    fn balances(&mut self, partition: u32, balances: Vec<Balances>) -> crate::Result<()> {
-        match self {
-            Writer::Suppressed => {}
-            Writer::Files { balances: all, .. } => all.extend(balances),
-            Writer::Topics { prefix, producer, sent } => {
-                let topic = format!("{prefix}.balances");
-                for balance in balances {
-                    send(
-                        producer,
-                        &topic,
-                        partition as i32,
-                        Some(balance.startup.as_bytes()),
-                        &serde_json::to_vec(&balance)?,
-                    )?;
-                    *sent += 1;
-                }
-            }
+    fn finish(self) -> crate::Result<()> {
+        if let TaskOutput::Files(files) = self {
+            files.finish()?;
         }
         Ok(())
-    }
-
-    fn finish(self) -> crate::Result<()> {
-        match self {
-            Writer::Suppressed => Ok(()),
-            Writer::Files { dir, files, mut balances } => {
-                files.finish()?;
-                balances.sort_by(|left, right| left.startup.cmp(&right.startup));
-                write_balances(&dir.join("balances.json"), &balances)
-            }
-            Writer::Topics { producer, sent, .. } => {
-                flush_checked(&producer, sent)?;
-                close_in_background(producer);
-                Ok(())
-            }
-        }
     }
 }
 
@@ -368,33 +423,50 @@ pub fn replay(config: &Config, options: &ReplayOptions) -> crate::Result<ReplayS
     }
     store::check_layout(&mut store, partitions)?;
     let committed = super::group_offsets(config, &tasks)?;
-    let mut writer = Writer::open(config, &options.sink, partitions)?;
-    let mut progress = Progress::new("replay", total, tasks.len() as u32);
-    let mut summary = ReplaySummary { partitions: tasks.clone(), ..ReplaySummary::default() };
-    let mut comparison = what_if_rates.as_ref().map(|_| Comparison::default());
+    let writer = Writer::open(config, &options.sink, partitions)?;
+    let threads = std::thread::available_parallelism().map_or(1, usize::from).min(tasks.len()).max(1);
     tracing::info!(
         tasks = ?tasks,
+        threads,
         until = ?options.until.map(crate::units::format_millis),
         state_dir = %options.state_dir.display(),
         "replay starting"
     );
-    for partition in &tasks {
-        let committed = committed.get(partition).copied().unwrap_or([0, 0]);
-        let mut run = TaskReplay {
-            config,
-            options,
-            partition: *partition,
-            store: &mut store,
-            writer: &mut writer,
-            progress: &mut progress,
-            summary: &mut summary,
-            comparison: comparison.as_mut(),
-        };
-        run.run(committed, what_if_rates.clone())?;
-        progress.partition_done();
+    let shared = Shared {
+        config,
+        options,
+        store: Mutex::new(store),
+        writer,
+        progress: Mutex::new(Progress::new("replay", total, tasks.len() as u32)),
+        queue: Mutex::new(tasks.iter().copied().collect()),
+        committed,
+        what_if_rates,
+    };
+    // Tasks are independent: up to one thread per core takes them in turn.
+    let results: Vec<crate::Result<Vec<TaskSummary>>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads).map(|_| scope.spawn(|| shared.work())).collect();
+        workers
+            .into_iter()
+            .map(|worker| worker.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a replay thread panicked"))))
+            .collect()
+    });
+    let mut summary = ReplaySummary { partitions: tasks.clone(), ..ReplaySummary::default() };
+    let mut comparison = shared.what_if_rates.as_ref().map(|_| Comparison::default());
+    for result in results {
+        for task in result? {
+            summary.records_read += task.records_read;
+            summary.records_folded += task.records_folded;
+            summary.records_after_until += task.records_after_until;
+            summary.records_in_recorded_order += task.records_in_recorded_order;
+            summary.outputs += task.outputs;
+            if let (Some(all), Some(one)) = (comparison.as_mut(), task.comparison) {
+                all.rows.extend(one.rows);
+            }
+        }
     }
-    progress.finish();
-    writer.finish()?;
+    let Shared { progress, writer, .. } = shared;
+    progress.into_inner().expect("progress lock").finish();
+    writer.finish(&tasks)?;
     summary.seconds = started.elapsed().as_secs_f64();
     summary.records_per_second = summary.records_read as f64 / summary.seconds.max(1e-9);
     summary.what_if = comparison;
@@ -415,21 +487,56 @@ fn input_total(config: &Config, tasks: &[u32]) -> crate::Result<Option<u64>> {
     Ok(Some(ends[1..].iter().map(|end| end.max(&0).unsigned_abs()).sum::<u64>() + rates * tasks.len() as u64))
 }
 
-/// One task's replay.
-struct TaskReplay<'a> {
+/// What the replay threads share.
+struct Shared<'a> {
     config: &'a Config,
     options: &'a ReplayOptions,
-    partition: u32,
-    store: &'a mut RocksStore,
-    writer: &'a mut Writer,
-    progress: &'a mut Progress,
-    summary: &'a mut ReplaySummary,
-    comparison: Option<&'a mut Comparison>,
+    store: Mutex<RocksStore>,
+    writer: Writer,
+    progress: Mutex<Progress>,
+    /// Tasks not yet taken by a thread.
+    queue: Mutex<VecDeque<u32>>,
+    committed: std::collections::BTreeMap<u32, [i64; 2]>,
+    what_if_rates: Option<Vec<(InputRecord, Decoded)>>,
 }
 
-impl TaskReplay<'_> {
-    fn run(&mut self, committed: [i64; 2], what_if_rates: Option<Vec<(InputRecord, Decoded)>>) -> crate::Result<()> {
-        let partition = self.partition;
+/// One task's counts (and what-if rows: start-ups belong to one task, so
+/// the tasks' rows never overlap).
+#[derive(Default)]
+struct TaskSummary {
+    records_read: u64,
+    records_folded: u64,
+    records_after_until: u64,
+    records_in_recorded_order: u64,
+    outputs: u64,
+    comparison: Option<Comparison>,
+}
+
+impl Shared<'_> {
+    /// Takes tasks from the queue until it is empty.
+    fn work(&self) -> crate::Result<Vec<TaskSummary>> {
+        let mut done = Vec::new();
+        loop {
+            let Some(partition) = self.queue.lock().expect("queue lock").pop_front() else { return Ok(done) };
+            let committed = self.committed.get(&partition).copied().unwrap_or([0, 0]);
+            match self.replay_task(partition, committed) {
+                Ok(summary) => done.push(summary),
+                Err(error) => {
+                    // The other threads stop after their current task.
+                    self.queue.lock().expect("queue lock").clear();
+                    return Err(error.context(format!("replaying task {partition}")));
+                }
+            }
+            self.progress.lock().expect("progress lock").partition_done();
+        }
+    }
+
+    fn replay_task(&self, partition: u32, committed: [i64; 2]) -> crate::Result<TaskSummary> {
+        let mut summary = TaskSummary {
+            comparison: self.what_if_rates.as_ref().map(|_| Comparison::default()),
+            ..TaskSummary::default()
+        };
+        let mut output = self.writer.for_task(partition)?;
         let topics = &self.config.topics;
         let mut plan: VecDeque<(Topic, i64, i64)> = if committed == [0, 0] {
             VecDeque::new()
@@ -454,8 +561,11 @@ impl TaskReplay<'_> {
         let registry = SchemaRegistry::builtin();
         let fresh = || TaskState { partition, ..TaskState::default() };
         let mut actual = Task::new(self.config.fold, fresh());
-        let mut what_if =
-            what_if_rates.map(|rates| WhatIf { task: Task::new(self.config.fold, fresh()), rates, next_rate: 0 });
+        let mut what_if = self.what_if_rates.clone().map(|rates| WhatIf {
+            task: Task::new(self.config.fold, fresh()),
+            rates,
+            next_rate: 0,
+        });
         let (mut outputs, mut encoded) = (Vec::with_capacity(1024), Vec::with_capacity(1024));
         let mut alternative = Vec::new();
         let mut since_commit = 0u64;
@@ -494,7 +604,7 @@ impl TaskReplay<'_> {
                 if front.1 >= front.2 {
                     plan.pop_front();
                 }
-                self.summary.records_in_recorded_order += 1;
+                summary.records_in_recorded_order += 1;
                 topic
             } else {
                 let heads = [inputs[0].head(), inputs[1].head(), inputs[2].head()];
@@ -512,24 +622,24 @@ impl TaskReplay<'_> {
                 }
             };
             let (record, decoded) = inputs[topic.index()].buffer.pop_front().expect("a head");
-            self.summary.records_read += 1;
+            summary.records_read += 1;
             read_since_report += 1;
             if read_since_report >= 4096 {
-                self.progress.advance(read_since_report);
+                self.progress.lock().expect("progress lock").advance(read_since_report);
                 read_since_report = 0;
             }
             if let Some(until) = self.options.until {
                 if decoded.time.is_none_or(|time| time > until) {
-                    self.summary.records_after_until += 1;
+                    summary.records_after_until += 1;
                     continue;
                 }
             }
-            self.summary.records_folded += 1;
+            summary.records_folded += 1;
             match what_if.as_mut() {
                 None => actual.fold_encoded(&record, decoded, &mut outputs, &mut encoded),
                 Some(what_if) => {
                     actual.fold(&record, decoded.clone(), &mut alternative);
-                    if let Some(comparison) = self.comparison.as_deref_mut() {
+                    if let Some(comparison) = summary.comparison.as_mut() {
                         comparison.absorb(Side::Actual, &alternative);
                     }
                     alternative.clear();
@@ -539,7 +649,7 @@ impl TaskReplay<'_> {
                             what_if.take_rates(Some(time), self.options.until, &mut outputs);
                         }
                         what_if.task.fold(&record, decoded, &mut outputs);
-                        if let Some(comparison) = self.comparison.as_deref_mut() {
+                        if let Some(comparison) = summary.comparison.as_mut() {
                             comparison.absorb(Side::WhatIf, &outputs);
                         }
                         for output in &outputs {
@@ -550,13 +660,13 @@ impl TaskReplay<'_> {
                     }
                 }
             }
-            self.summary.outputs += outputs.len() as u64;
-            self.writer.write(partition, &mut outputs, &mut encoded)?;
+            summary.outputs += outputs.len() as u64;
+            output.write(partition, &mut outputs, &mut encoded)?;
             since_commit += 1;
             if since_commit >= COMMIT_EVERY {
                 since_commit = 0;
                 let persisted = what_if.as_mut().map_or(&mut actual, |what_if| &mut what_if.task);
-                persist(self.store, persisted)?;
+                persist(&self.store, persisted)?;
             }
             if inputs[topic.index()].buffer.is_empty() {
                 inputs[topic.index()].fill(Duration::ZERO, &registry)?;
@@ -565,31 +675,35 @@ impl TaskReplay<'_> {
         if let Some(what_if) = what_if.as_mut() {
             // Rate cards after the last event: folded for a complete state.
             what_if.take_rates(None, self.options.until, &mut outputs);
-            if let Some(comparison) = self.comparison.as_deref_mut() {
+            if let Some(comparison) = summary.comparison.as_mut() {
                 comparison.absorb(Side::WhatIf, &outputs);
             }
             outputs.clear();
         }
-        self.progress.advance(read_since_report);
+        self.progress.lock().expect("progress lock").advance(read_since_report);
         let mut persisted = what_if.map_or(actual, |what_if| what_if.task);
-        persist(self.store, &mut persisted)?;
+        persist(&self.store, &mut persisted)?;
+        output.finish()?;
         let names =
             TopicNames { rates: topics.rates.clone(), deals: topics.deals.clone(), metering: topics.metering.clone() };
         let balances: Vec<Balances> =
             persisted.state().startups.keys().filter_map(|startup| persisted.balances(startup, &names)).collect();
         self.writer.balances(partition, balances)?;
         tracing::info!(partition, offsets = ?persisted.state().offsets, digest = %persisted.state().digest.hex(), "task replayed");
+        tracing::debug!(partition, "closing the task's consumers");
         for input in inputs {
             close_in_background(input.consumer);
         }
-        Ok(())
+        tracing::debug!(partition, "task's consumers closed");
+        Ok(summary)
     }
 }
 
-fn persist(store: &mut RocksStore, task: &mut Task) -> crate::Result<()> {
+fn persist(store: &Mutex<RocksStore>, task: &mut Task) -> crate::Result<()> {
     let changes = task.take_changes();
     if !changes.is_empty() {
-        store.write(store::commit_ops(task.state(), &changes))?;
+        let ops = store::commit_ops(task.state(), &changes);
+        store.lock().expect("store lock").write(ops)?;
     }
     Ok(())
 }
