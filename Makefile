@@ -54,6 +54,10 @@ bench-smoke: build ## the whole bench harness on a tiny workload (part of make t
 	$(CARGO) build --release --locked --examples
 	BENCH_EVENTS=20000 RUNS=1 LATENCY_RATE=2000 LATENCY_SECONDS=3 python3 bench/run.py --smoke
 
+.PHONY: profile
+profile: build ## perf profile of gpuledger run catching up on the Philly workload (JOBS=N for a part)
+	@scripts/profile-run.sh "$(BIN)" "$(TRACE)" "$(BENCH_DIR)/profile"
+
 .PHONY: bench-replay
 bench-replay: build ## replay throughput beside the broker's raw consume rate, full Philly workload (3 runs)
 	$(CARGO) build --release --locked --example raw_consume

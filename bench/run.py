@@ -7,7 +7,7 @@ Each repetition starts a fresh local broker (memory storage), so every
 figure of a repetition is measured on the same data on the same broker:
 raw produce (`gpuledger produce`), raw consume (examples/raw_consume.rs),
 catch-up (`gpuledger run --exit-when-caught-up`, exactly-once, from offset
-0), replay (`gpuledger replay`). Fold only (`gpuledger fold`, no broker) and
+0), replay (`gpuledger replay`). Fold only (`gpuledger fold`, one task, no broker) and
 latency (examples/latency.rs against a running processor) are measured too.
 Peak RSS of every gpuledger process comes from wait4(2).
 
@@ -181,8 +181,10 @@ def fold_only(work, data, usage_events, index):
     out_dir, state = work / "fold-out", work / "fold-state"
     shutil.rmtree(out_dir, ignore_errors=True)
     shutil.rmtree(state, ignore_errors=True)
-    out, seconds, rss = run([BIN, "fold", *inputs(data), "--out", out_dir, "--state-dir", state,
-                             "--partitions", "4"], work, f"fold-{index}")
+    # One task on one core: the fold's own speed (with --partitions N batch
+    # mode reads and routes every line once per task).
+    out, seconds, rss = run([BIN, "fold", *inputs(data), "--out", out_dir, "--state-dir", state], work,
+                            f"fold-{index}")
     records = int(re.search(r"folded (\d+) records", out).group(1))
     shutil.rmtree(out_dir, ignore_errors=True)
     shutil.rmtree(state, ignore_errors=True)
@@ -226,7 +228,7 @@ def markdown(result):
          f"{ratio} of raw consume; {value('catch_up_usage_events_per_second')} usage events/s"),
         ("replay", value("replay_records_per_second"), "records/s",
          f"{replay_ratio} of raw consume; {value('replay_usage_events_per_second')} usage events/s"),
-        ("fold only (batch, 4 tasks, RocksDB)", value("fold_usage_events_per_second"), "usage events/s",
+        ("fold only (batch, 1 task, RocksDB)", value("fold_usage_events_per_second"), "usage events/s",
          f"{value('fold_records_per_second')} records/s"),
         (f"latency p50 / p99 / max at {latency.get('rate_target', 'n/a')} events/s",
          f"{latency.get('p50_ms', float('nan')):.0f} / {latency.get('p99_ms', float('nan')):.0f} / "

@@ -318,30 +318,51 @@ fn the_processor_publishes_ticks_into_the_log_when_asked() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// A broker with one-partition topics and a scratch directory, for
+/// hand-made inputs (start-up `acme`, one H800 rate key).
+fn small_broker() -> (Broker, tempfile::TempDir) {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    gpuledger(&broker, &["topics", "create", "--partitions", "1"]);
+    (broker, dir)
+}
+
+fn write_lines(dir: &Path, name: &str, lines: &[String]) -> PathBuf {
+    let file = dir.join(name);
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    file
+}
+
+fn h800_rate(price: i64) -> String {
+    format!(
+        r#"{{"specversion":"1.0","id":"r1","source":"p","type":"gpuledger.rate.published","time":"2025-01-01T00:00:00Z","data":{{"gpu_model":"H800","region":"r","tier":"spot","currency":"USD","price_per_gpu_hour":{price},"effective_from":"2025-01-01T00:00:00Z"}}}}"#
+    )
+}
+
+/// A cash grant g1 of 3.60 to acme, timed 09:00.
+fn acme_grant() -> String {
+    r#"{"specversion":"1.0","id":"g","source":"crm","type":"gpuledger.credit.granted","subject":"acme","time":"2025-01-01T09:00:00Z","data":{"grant_id":"g1","face_amount":3600000,"currency":"USD","effective_at":"2025-01-01T00:00:00Z","consideration":"cash"}}"#.to_owned()
+}
+
+fn acme_usage(id: &str, start: &str, end: &str) -> String {
+    format!(
+        r#"{{"specversion":"1.0","id":"{id}","source":"m","type":"gpuledger.gpu.usage","subject":"acme","time":"{end}","data":{{"cluster_id":"c","region":"r","gpu_model":"H800","tier":"spot","gpu_count":1,"started_at":"{start}","ended_at":"{end}"}}}}"#
+    )
+}
+
 /// Spec §4: a late record can arrive after the task took a later-timed
 /// record of another input, so live order is not the rule's order. A
 /// rebuild must follow the order recorded in the progress topic, or its state
 /// would differ from what was published.
 #[test]
 fn a_rebuild_follows_the_recorded_order_of_a_late_record() {
-    let broker = Broker::start();
-    let dir = tempfile::tempdir().unwrap();
-    gpuledger(&broker, &["topics", "create", "--partitions", "1"]);
-    let write = |name: &str, lines: &[String]| {
-        let file = dir.path().join(name);
-        std::fs::write(&file, lines.join("\n") + "\n").unwrap();
-        file
-    };
-    let usage = |id: &str, start: &str, end: &str| {
-        format!(
-            r#"{{"specversion":"1.0","id":"{id}","source":"m","type":"gpuledger.gpu.usage","subject":"acme","time":"{end}","data":{{"cluster_id":"c","region":"r","gpu_model":"H800","tier":"spot","gpu_count":1,"started_at":"{start}","ended_at":"{end}"}}}}"#
-        )
-    };
-    let rates = write("rates.jsonl", &[r#"{"specversion":"1.0","id":"r1","source":"p","type":"gpuledger.rate.published","time":"2025-01-01T00:00:00Z","data":{"gpu_model":"H800","region":"r","tier":"spot","currency":"USD","price_per_gpu_hour":3600000,"effective_from":"2025-01-01T00:00:00Z"}}"#.to_owned()]);
-    let first = write("usage-1.jsonl", &[usage("u1", "2025-01-01T10:00:00Z", "2025-01-01T11:00:00Z")]);
+    let (broker, dir) = small_broker();
+    let write = |name: &str, lines: &[String]| write_lines(dir.path(), name, lines);
+    let rates = write("rates.jsonl", &[h800_rate(3_600_000)]);
+    let first = write("usage-1.jsonl", &[acme_usage("u1", "2025-01-01T10:00:00Z", "2025-01-01T11:00:00Z")]);
     // A grant timed before u1 that arrives after u1 was taken.
-    let grant = write("deals.jsonl", &[r#"{"specversion":"1.0","id":"g","source":"crm","type":"gpuledger.credit.granted","subject":"acme","time":"2025-01-01T09:00:00Z","data":{"grant_id":"g1","face_amount":3600000,"currency":"USD","effective_at":"2025-01-01T00:00:00Z","consideration":"cash"}}"#.to_owned()]);
-    let second = write("usage-2.jsonl", &[usage("u2", "2025-01-01T11:00:00Z", "2025-01-01T11:30:00Z")]);
+    let grant = write("deals.jsonl", &[acme_grant()]);
+    let second = write("usage-2.jsonl", &[acme_usage("u2", "2025-01-01T11:00:00Z", "2025-01-01T11:30:00Z")]);
     let state = dir.path().join("state");
 
     gpuledger(&broker, &["produce", "--rates", path(&rates), "--metering", path(&first)]);
@@ -576,29 +597,12 @@ fn replay_rebuilds_the_live_state_and_answers_as_of_and_what_if_questions() {
 /// cost, overage and revenue each rise by exactly 3.60 (3,600,000 micros).
 #[test]
 fn what_if_rates_change_the_figures_by_the_expected_amount() {
-    let broker = Broker::start();
-    let dir = tempfile::tempdir().unwrap();
-    gpuledger(&broker, &["topics", "create", "--partitions", "1"]);
-    let write = |name: &str, line: &str| {
-        let file = dir.path().join(name);
-        std::fs::write(&file, format!("{line}\n")).unwrap();
-        file
-    };
-    let rate = |price: i64| {
-        format!(
-            r#"{{"specversion":"1.0","id":"r1","source":"p","type":"gpuledger.rate.published","time":"2025-01-01T00:00:00Z","data":{{"gpu_model":"H800","region":"r","tier":"spot","currency":"USD","price_per_gpu_hour":{price},"effective_from":"2025-01-01T00:00:00Z"}}}}"#
-        )
-    };
-    let rates = write("rates.jsonl", &rate(3_600_000));
-    let alternative = write("alt.jsonl", &rate(7_200_000));
-    let grant = write(
-        "deals.jsonl",
-        r#"{"specversion":"1.0","id":"g","source":"crm","type":"gpuledger.credit.granted","subject":"acme","time":"2025-01-01T09:00:00Z","data":{"grant_id":"g1","face_amount":3600000,"currency":"USD","effective_at":"2025-01-01T00:00:00Z","consideration":"cash"}}"#,
-    );
-    let usage = write(
-        "metering.jsonl",
-        r#"{"specversion":"1.0","id":"u1","source":"m","type":"gpuledger.gpu.usage","subject":"acme","time":"2025-01-01T11:00:00Z","data":{"cluster_id":"c","region":"r","gpu_model":"H800","tier":"spot","gpu_count":1,"started_at":"2025-01-01T10:00:00Z","ended_at":"2025-01-01T11:00:00Z"}}"#,
-    );
+    let (broker, dir) = small_broker();
+    let write = |name: &str, line: String| write_lines(dir.path(), name, &[line]);
+    let rates = write("rates.jsonl", h800_rate(3_600_000));
+    let alternative = write("alt.jsonl", h800_rate(7_200_000));
+    let grant = write("deals.jsonl", acme_grant());
+    let usage = write("metering.jsonl", acme_usage("u1", "2025-01-01T10:00:00Z", "2025-01-01T11:00:00Z"));
     gpuledger(&broker, &["produce", "--rates", path(&rates), "--deals", path(&grant), "--metering", path(&usage)]);
     run_until_caught_up(&broker, &dir.path().join("live"));
     let csv = dir.path().join("what-if.csv");
