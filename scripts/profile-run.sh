@@ -26,11 +26,14 @@ perf record -F 499 -o "$dir/perf.data" -- "$bin" run --bootstrap-servers "$addre
   --state-dir "$dir/state" --exit-when-caught-up 2>"$dir/perf-record.log"
 end=$(date +%s.%N)
 printf 'catch-up under perf: %.1f s\n' "$(echo "$end - $start" | bc -l)"
+perf report -i "$dir/perf.data" --stdio --sort dso >"$dir/report-dso.txt" 2>/dev/null
+perf report -i "$dir/perf.data" --stdio --sort symbol >"$dir/report-symbol.txt" 2>/dev/null
+top() { awk -v most="$2" '!/^#/ && NF && n < most {print; n++}' "$1"; }
 {
   echo "# perf report --sort dso (self time)"
-  perf report -i "$dir/perf.data" --stdio --sort dso 2>/dev/null | grep -v '^#' | grep -v '^$' | head -15
+  top "$dir/report-dso.txt" 15
   echo
   echo "# perf report --sort symbol (self time, top 40)"
-  perf report -i "$dir/perf.data" --stdio --sort symbol 2>/dev/null | grep -v '^#' | grep -v '^$' | head -40
+  top "$dir/report-symbol.txt" 40
 } >"$dir/profile.txt"
 cat "$dir/profile.txt"

@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, ConsumerGroupMetadata};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
@@ -67,6 +67,11 @@ pub struct RunStats {
     pub transactions_committed: u64,
     pub transactions_aborted: u64,
     pub partitions_assigned: u64,
+    /// Wall time spent in commit cycles (producing, committing the
+    /// transaction, writing RocksDB), in milliseconds.
+    pub commit_millis: u64,
+    /// Of which waiting for the broker to take the offsets and commit.
+    pub transaction_wait_millis: u64,
 }
 
 /// A partition assigned by the group, with its offsets.
@@ -432,7 +437,7 @@ struct Processor<'a> {
     transactions_begun: u64,
 }
 
-impl Processor<'_> {
+impl<'a> Processor<'a> {
     fn new_runner(&self, assigned: &Assigned) -> crate::Result<TaskRunner> {
         let partition = assigned.partition;
         let state = store::load_task(&*self.store.lock().expect("store lock"), partition)?;
@@ -712,13 +717,50 @@ impl Processor<'_> {
     /// One commit cycle for each task with work: outputs, balances and
     /// progress and the input offsets in one transaction, then RocksDB.
     fn commit(&mut self) -> crate::Result<()> {
-        let partitions: Vec<u32> = self.runners.keys().copied().collect();
-        for partition in partitions {
-            let runner = &self.runners[&partition];
-            if runner.folded_since_commit == 0 || runner.refolding() {
-                continue;
-            }
-            match self.commit_task(partition) {
+        let ready: Vec<u32> = self
+            .runners
+            .iter()
+            .filter(|(_, runner)| runner.folded_since_commit > 0 && !runner.refolding())
+            .map(|(partition, _)| *partition)
+            .collect();
+        if ready.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let group_metadata = self.consumer.group_metadata().context("no consumer group metadata")?;
+        let mut cycles = Vec::with_capacity(ready.len());
+        for partition in ready {
+            cycles.push(self.prepare_cycle(partition)?);
+        }
+        // Each task's transaction goes through its own producer; run them at
+        // once so the waits for the broker overlap instead of adding up.
+        let outcomes: Vec<crate::Result<u64>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = cycles
+                .iter()
+                .map(|cycle| {
+                    let producer = &self.runners[&cycle.partition].producer;
+                    let group_metadata = &group_metadata;
+                    scope.spawn(move || transact(producer, cycle, group_metadata))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|handle| handle.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a commit thread panicked"))))
+                .collect()
+        });
+        for (cycle, outcome) in cycles.into_iter().zip(outcomes) {
+            let partition = cycle.partition;
+            let persisted = outcome.and_then(|wait| {
+                self.stats.transaction_wait_millis += wait;
+                // Only now: the state and offsets the transaction published.
+                let runner = self.runners.get_mut(&partition).expect("committing a known task");
+                let ops = store::commit_ops(runner.task.state(), &cycle.changes);
+                self.store.lock().expect("store lock").write(ops).context("writing the committed state to RocksDB")?;
+                runner.segments.clear();
+                runner.folded_since_commit = 0;
+                Ok(())
+            });
+            match persisted {
                 Ok(()) => self.stats.transactions_committed += 1,
                 Err(error) => {
                     self.stats.transactions_aborted += 1;
@@ -727,17 +769,18 @@ impl Processor<'_> {
                 }
             }
         }
+        self.stats.commit_millis += started.elapsed().as_millis() as u64;
         Ok(())
     }
 
-    fn commit_task(&mut self, partition: u32) -> crate::Result<()> {
+    /// What one task's cycle publishes: its outputs, balances and progress
+    /// records, and the input offsets it reached.
+    fn prepare_cycle(&mut self, partition: u32) -> crate::Result<Cycle<'a>> {
         let topics = &self.config.topics;
-        let group_metadata = self.consumer.group_metadata().context("no consumer group metadata")?;
         let runner = self.runners.get_mut(&partition).expect("committing a known task");
         let changes = runner.task.take_changes();
         // (topic, key, value) of everything this cycle publishes.
-        type Publication<'t> = (&'t str, Option<Vec<u8>>, Vec<u8>);
-        let mut records: Vec<Publication<'_>> = Vec::with_capacity(runner.pending.len() + 8);
+        let mut records: Vec<Publication<'a>> = Vec::with_capacity(runner.pending.len() + 8);
         let outputs = std::mem::take(&mut runner.pending);
         let encoded = std::mem::take(&mut runner.pending_json);
         debug_assert_eq!(outputs.len(), encoded.len());
@@ -779,56 +822,16 @@ impl Processor<'_> {
             serde_json::to_vec(&progress)?,
         ));
 
-        let producer = &runner.producer;
-        producer.begin_transaction().context("beginning a transaction")?;
-        for (topic, key, value) in &records {
-            loop {
-                let mut record = BaseRecord::<[u8], [u8]>::to(topic).partition(partition as i32).payload(value);
-                if let Some(key) = key {
-                    record = record.key(key);
-                }
-                match producer.send(record) {
-                    Ok(()) => break,
-                    Err((KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), _)) => {
-                        producer.poll(Duration::from_millis(10));
-                    }
-                    Err((error, _)) => {
-                        let _ = producer.abort_transaction(TRANSACTION_TIMEOUT);
-                        return Err(error).context("producing an output record");
-                    }
-                }
-            }
+        let mut consumed = TopicPartitionList::new();
+        for (topic, offset) in
+            [(&topics.deals, runner.task.state().offsets[1]), (&topics.metering, runner.task.state().offsets[2])]
+        {
+            consumed.add_partition_offset(topic, partition as i32, Offset::Offset(offset))?;
         }
         self.transactions_begun += 1;
         let every = self.config.inject_abort_every;
-        if every > 0 && self.transactions_begun % every == 0 {
-            let _ = producer.abort_transaction(TRANSACTION_TIMEOUT);
-            bail!("injected abort (processor.inject_abort_every = {every})");
-        }
-        let mut consumed = TopicPartitionList::new();
-        consumed.add_partition_offset(
-            &topics.deals,
-            partition as i32,
-            Offset::Offset(runner.task.state().offsets[1]),
-        )?;
-        consumed.add_partition_offset(
-            &topics.metering,
-            partition as i32,
-            Offset::Offset(runner.task.state().offsets[2]),
-        )?;
-        let sent = producer
-            .send_offsets_to_transaction(&consumed, &group_metadata, TRANSACTION_TIMEOUT)
-            .and_then(|()| producer.commit_transaction(TRANSACTION_TIMEOUT));
-        if let Err(error) = sent {
-            let _ = producer.abort_transaction(TRANSACTION_TIMEOUT);
-            return Err(error).context("committing the transaction");
-        }
-        // Only now: the state and offsets the transaction published.
-        let ops = store::commit_ops(runner.task.state(), &changes);
-        self.store.lock().expect("store lock").write(ops).context("writing the committed state to RocksDB")?;
-        runner.segments.clear();
-        runner.folded_since_commit = 0;
-        Ok(())
+        let inject_abort = (every > 0 && self.transactions_begun % every == 0).then_some(every);
+        Ok(Cycle { partition, changes, records, consumed, inject_abort })
     }
 
     /// Drops a task's uncommitted state: reload it and rewind its inputs.
@@ -860,6 +863,59 @@ impl Processor<'_> {
         self.runners.insert(partition, runner);
         Ok(())
     }
+}
+
+/// (topic, key, value) of a record a cycle publishes.
+type Publication<'a> = (&'a str, Option<Vec<u8>>, Vec<u8>);
+
+/// One task's commit cycle, ready to go out in a transaction.
+struct Cycle<'a> {
+    partition: u32,
+    changes: crate::fold::state::Changes,
+    records: Vec<Publication<'a>>,
+    /// The next offsets of deals and metering, committed with the transaction.
+    consumed: TopicPartitionList,
+    /// `processor.inject_abort_every`, when this cycle is to be aborted.
+    inject_abort: Option<u64>,
+}
+
+/// Sends a cycle's records and offsets in one transaction and commits it;
+/// returns the milliseconds spent waiting for the offsets and the commit.
+/// Any failure aborts the transaction.
+fn transact(producer: &BaseProducer, cycle: &Cycle<'_>, group_metadata: &ConsumerGroupMetadata) -> crate::Result<u64> {
+    producer.begin_transaction().context("beginning a transaction")?;
+    for (topic, key, value) in &cycle.records {
+        loop {
+            let mut record = BaseRecord::<[u8], [u8]>::to(topic).partition(cycle.partition as i32).payload(value);
+            if let Some(key) = key {
+                record = record.key(key);
+            }
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), _)) => {
+                    producer.poll(Duration::from_millis(10));
+                }
+                Err((error, _)) => {
+                    let _ = producer.abort_transaction(TRANSACTION_TIMEOUT);
+                    return Err(error).context("producing an output record");
+                }
+            }
+        }
+    }
+    if let Some(every) = cycle.inject_abort {
+        let _ = producer.abort_transaction(TRANSACTION_TIMEOUT);
+        bail!("injected abort (processor.inject_abort_every = {every})");
+    }
+    let waiting = Instant::now();
+    let sent = producer
+        .send_offsets_to_transaction(&cycle.consumed, group_metadata, TRANSACTION_TIMEOUT)
+        .and_then(|()| producer.commit_transaction(TRANSACTION_TIMEOUT));
+    let waited = waiting.elapsed().as_millis() as u64;
+    if let Err(error) = sent {
+        let _ = producer.abort_transaction(TRANSACTION_TIMEOUT);
+        return Err(error).context("committing the transaction");
+    }
+    Ok(waited)
 }
 
 #[derive(Serialize)]
