@@ -13,7 +13,9 @@ Peak RSS of every gpuledger process comes from wait4(2).
 
 Knobs (environment): BENCH_EVENTS (usage events, default 2000000; "all"
 for the full trace), RUNS (default 3), LATENCY_RATE (events/s, default
-20000), LATENCY_SECONDS (default 30), TRACE (the Philly trace).
+20000), LATENCY_SECONDS (default 30), PEER_IDLE (seconds without a message that end
+the Quix peer's run, default 10), TRACE (the Philly trace). --no-peer leaves
+the Quix Streams peer (bench/peers/quix) out.
 """
 
 import argparse
@@ -34,6 +36,7 @@ TARGET = Path(os.environ.get("CARGO_TARGET_DIR", "/var/tmp/gpuledger-target"))
 BIN = TARGET / "release" / "gpuledger"
 EXAMPLES = TARGET / "release" / "examples"
 BROKER = ROOT / "scripts" / "broker.sh"
+PEER = ROOT / "bench" / "peers" / "quix"
 ATTRIBUTION = "Philly GPU trace (Jeon et al., USENIX ATC '19), CC-BY-4.0"
 
 
@@ -113,13 +116,15 @@ def inputs(directory):
             "--metering", directory / "metering.jsonl"]
 
 
-def repetition(work, data, usage_events, index):
+def repetition(work, data, usage_events, index, python):
     """One fresh broker: produce, raw consume, catch-up, replay; checks equality."""
     figures = {}
     with Broker(work / f"broker-{index}") as broker:
         kafka = ["--bootstrap-servers", broker.address]
         run([BIN, "topics", "create", *kafka, "--partitions", "4"], work, f"topics-{index}")
-        out, seconds, _ = run([BIN, "produce", *kafka, *inputs(data)], work, f"produce-{index}")
+        # Event times as Kafka timestamps: Quix aligns its inputs by them
+        # (gpuledger does not read them).
+        out, seconds, _ = run([BIN, "produce", *kafka, *inputs(data), "--event-timestamps"], work, f"produce-{index}")
         records = int(re.search(r"produced (\d+) records", out).group(1))
         figures["produce_records_per_second"] = records / seconds
         out, _, _ = run([EXAMPLES / "raw_consume", broker.address, "gpuledger.rates", "gpuledger.deals",
@@ -129,6 +134,7 @@ def repetition(work, data, usage_events, index):
         shutil.rmtree(state, ignore_errors=True)
         out, seconds, rss = run([BIN, "run", *kafka, "--exit-when-caught-up", "--state-dir", state], work,
                                 f"catch-up-{index}")
+        catch_up_seconds = seconds
         stats = last_json(out)
         figures["catch_up_records_per_second"] = stats["records_folded"] / seconds
         figures["catch_up_usage_events_per_second"] = usage_events / seconds
@@ -145,7 +151,45 @@ def repetition(work, data, usage_events, index):
             raise SystemExit(f"bench: catch-up and replay states differ:\n{out}")
         shutil.rmtree(replayed, ignore_errors=True)
         shutil.rmtree(state, ignore_errors=True)
+        if python:
+            peer_state = work / f"quix-state-{index}"
+            shutil.rmtree(peer_state, ignore_errors=True)
+            idle = float(os.environ.get("PEER_IDLE", "10"))
+            out, wall, rss = run([python, PEER / "app.py", "--broker", broker.address, "--group", f"quix-{index}",
+                                  "--state-dir", peer_state, "--idle", str(idle)], work, f"quix-{index}")
+            peer = last_json(out)
+            # Wall time less the idle wait that ends the run.
+            figures["peer_records_per_second"] = peer["messages"] / max(wall - idle, 1e-9)
+            figures["peer_processing_records_per_second"] = peer["messages_per_second"]
+            figures["peer_rss_mib"] = rss
+            figures["catch_up_wall_records_per_second"] = stats["records_folded"] / catch_up_seconds
+            shutil.rmtree(peer_state, ignore_errors=True)
     return figures
+
+
+def peer_equality(work, trace):
+    """Before timing: on a small workload the peer's final balances must equal gpuledger's."""
+    python = subprocess.run([str(PEER / "install.sh")], check=True, capture_output=True, text=True).stdout.strip()
+    small = work / "peer-check"
+    shutil.rmtree(small, ignore_errors=True)
+    small.mkdir(parents=True)
+    run([BIN, "gen", "--trace", trace, "--out", small / "workload", "--jobs", "300", "--slice", "30m"], work,
+        "peer-gen")
+    with Broker(work / "broker-peer-check") as broker:
+        kafka = ["--bootstrap-servers", broker.address]
+        run([BIN, "topics", "create", *kafka, "--partitions", "4"], work, "peer-topics")
+        run([BIN, "produce", *kafka, *inputs(small / "workload"), "--event-timestamps"], work, "peer-produce")
+        run([BIN, "fold", *inputs(small / "workload"), "--partitions", "4", "--out", small / "fold"], work,
+            "peer-fold")
+        run([python, PEER / "app.py", "--broker", broker.address, "--state-dir", small / "quix-state", "--idle", "5"],
+            work, "peer-run")
+        out, _, _ = run([python, PEER / "compare.py", "--broker", broker.address, "--gpuledger",
+                         small / "fold" / "balances.json"], work, "peer-compare", check=False)
+    result = last_json(out)
+    if result["differences"]:
+        raise SystemExit(f"bench: the Quix peer's balances differ from gpuledger's; not timing it:\n{out}")
+    log(f"peer check: {result['startups_currencies_compared']} start-up currencies, balances equal")
+    return python, result
 
 
 def latency(work, data, rate, seconds):
@@ -238,7 +282,11 @@ def markdown(result):
         ("peak RSS catch-up / replay / fold / latency run",
          f"{value('catch_up_rss_mib')} / {value('replay_rss_mib')} / {value('fold_rss_mib')} / "
          f"{latency.get('processor_rss_mib', 0):,.0f}", "MiB", ""),
-        ("peer: Quix Streams", "n/a", "", result["peer"]["status"]),
+        ("peer: Quix Streams (exactly-once, RocksDB state)", value("peer_records_per_second"), "records/s",
+         (f"gpuledger catch-up / Quix = {result['ratios_peer']['catch_up_over_peer']:.1f}x (wall, both from offset 0); "
+          f"Quix processing window {value('peer_processing_records_per_second')} records/s; RSS "
+          f"{value('peer_rss_mib')} MiB; {result['peer']['status']}") if result.get("ratios_peer")
+         else result["peer"]["status"]),
     ]
     lines = [
         f"### {result['timestamp']} — `make bench`, {result['usage_events']:,} usage events, "
@@ -258,6 +306,7 @@ def markdown(result):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="tiny run: no results file, no docs table")
+    parser.add_argument("--no-peer", action="store_true", help="leave the Quix Streams peer out")
     parser.add_argument("--work", default=os.environ.get("BENCH_DIR", "/var/tmp/gpuledger-bench") + "/harness")
     arguments = parser.parse_args()
     events = os.environ.get("BENCH_EVENTS", "2000000")
@@ -272,13 +321,16 @@ def main():
     data, usage_events = workload(work, events, trace)
     log(f"workload: {usage_events:,} usage events in {data} ({ATTRIBUTION})")
 
+    python, peer_check = (None, None)
+    if not arguments.no_peer:
+        python, peer_check = peer_equality(work, str(ROOT / "tests/data/philly/philly-sample.csv"))
     samples = {}
     for index in range(runs):
         log(f"repetition {index + 1}/{runs}: fold only")
         for key, number in fold_only(work, data, usage_events, index).items():
             samples.setdefault(key, []).append(number)
         log(f"repetition {index + 1}/{runs}: produce, raw consume, catch-up, replay (fresh broker)")
-        for key, number in repetition(work, data, usage_events, index).items():
+        for key, number in repetition(work, data, usage_events, index, python).items():
             samples.setdefault(key, []).append(number)
     log(f"latency: {rate} events/s for {seconds} s")
     latency_result = latency(work, data, rate, seconds)
@@ -293,10 +345,15 @@ def main():
         "samples": samples,
         "medians": {key: median(values) for key, values in samples.items()},
         "latency": latency_result,
-        "peer": {"name": "Quix Streams", "status": "not measured yet: bench/peers/quix is not built (issue 5)"},
+        "peer": {"name": "Quix Streams 3.28.1", "equality_check": peer_check,
+                 "status": "left out (--no-peer)" if arguments.no_peer else "balances equal on the check workload"},
         "attribution": ATTRIBUTION,
     }
     medians = result["medians"]
+    if medians.get("peer_records_per_second"):
+        result["ratios_peer"] = {
+            "catch_up_over_peer": medians["catch_up_wall_records_per_second"] / medians["peer_records_per_second"],
+        }
     result["ratios"] = {
         "catch_up_over_raw_consume": medians["catch_up_records_per_second"] / medians["raw_consume_records_per_second"],
         "replay_over_raw_consume": medians["replay_records_per_second"] / medians["raw_consume_records_per_second"],

@@ -88,6 +88,10 @@ enum Command {
         deals: Option<PathBuf>,
         #[arg(long)]
         metering: Option<PathBuf>,
+        /// Give each record its event `time` as Kafka timestamp (for
+        /// consumers that order by timestamps; gpuledger does not need it).
+        #[arg(long)]
+        event_timestamps: bool,
     },
     /// Run the streaming processor: exactly once from the input topics to the outputs.
     Run {
@@ -336,14 +340,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Produce { kafka, rates, deals, metering } => {
+        Command::Produce { kafka, rates, deals, metering, event_timestamps } => {
             let config = kafka.load(None)?;
             anyhow::ensure!(
                 rates.is_some() || deals.is_some() || metering.is_some(),
                 "nothing to produce: give --rates, --deals and/or --metering"
             );
-            let summary =
-                gpuledger::kafka::produce::produce(&config, [rates.as_deref(), deals.as_deref(), metering.as_deref()])?;
+            let summary = gpuledger::kafka::produce::produce(
+                &config,
+                [rates.as_deref(), deals.as_deref(), metering.as_deref()],
+                event_timestamps,
+            )?;
             println!(
                 "produced {} records from {} rate, {} deal and {} metering lines",
                 summary.records, summary.lines[0], summary.lines[1], summary.lines[2]

@@ -73,7 +73,10 @@ pub(crate) fn flush_checked(producer: &BaseProducer<Deliveries>, sent: u64) -> c
     Ok(())
 }
 
-pub fn produce(config: &Config, files: [Option<&Path>; 3]) -> crate::Result<ProduceSummary> {
+/// Publishes the files; with `event_timestamps` each record's Kafka
+/// timestamp is its event `time` (where readable) instead of now, for
+/// consumers that order by record timestamps (gpuledger does not).
+pub fn produce(config: &Config, files: [Option<&Path>; 3], event_timestamps: bool) -> crate::Result<ProduceSummary> {
     let consumer = super::metadata_consumer(config)?;
     let partitions = super::check_copartitioned(config, &consumer)?;
     let producer = bulk_producer(config)?;
@@ -96,12 +99,17 @@ pub fn produce(config: &Config, files: [Option<&Path>; 3]) -> crate::Result<Prod
             let parsed = crate::events::json::parse(&line).ok();
             let key = parsed.as_ref().and_then(|value| record_key(topic, value));
             let tick = parsed.as_ref().is_some_and(is_tick);
+            let timestamp = if event_timestamps {
+                parsed.as_ref().and_then(|value| value.get("time")?.as_str().and_then(crate::units::parse_rfc3339))
+            } else {
+                None
+            };
             let targets: Vec<u32> = match route(topic, key.as_deref(), tick, partitions) {
                 Some(partition) => vec![if topic == Topic::Rates { 0 } else { partition }],
                 None => (0..partitions).collect(),
             };
             for partition in targets {
-                send(&producer, name, partition as i32, key.as_deref(), &line)?;
+                send_at(&producer, name, partition as i32, key.as_deref(), &line, timestamp)?;
                 summary.records += 1;
             }
             summary.lines[topic.index()] += 1;
@@ -126,10 +134,25 @@ pub(crate) fn send(
     key: Option<&[u8]>,
     value: &[u8],
 ) -> crate::Result<()> {
+    send_at(producer, topic, partition, key, value, None)
+}
+
+/// [`send`] with the record's timestamp (ms), when given.
+fn send_at(
+    producer: &BaseProducer<Deliveries>,
+    topic: &str,
+    partition: i32,
+    key: Option<&[u8]>,
+    value: &[u8],
+    timestamp: Option<i64>,
+) -> crate::Result<()> {
     loop {
         let mut record = BaseRecord::<[u8], [u8]>::to(topic).partition(partition).payload(value);
         if let Some(key) = key {
             record = record.key(key);
+        }
+        if let Some(timestamp) = timestamp {
+            record = record.timestamp(timestamp);
         }
         match producer.send(record) {
             Ok(()) => {
