@@ -734,3 +734,36 @@ fn reset_refuses_a_live_group_and_rewinds_to_a_commit_or_the_start() {
     assert_exported_equals_fold(&broker, &inputs, &dir, "reset-earliest");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `produce --event-timestamps` gives each record its event `time` as Kafka
+/// timestamp (Quix Streams aligns topics by it); without it, the produce time.
+#[test]
+fn produce_can_stamp_records_with_their_event_time() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Message;
+    let (broker, dir) = small_broker();
+    let grant = write_lines(dir.path(), "deals.jsonl", &[acme_grant()]);
+    let usage =
+        write_lines(dir.path(), "metering.jsonl", &[acme_usage("u1", "2025-01-01T10:00:00Z", "2025-01-01T11:00:00Z")]);
+    gpuledger(&broker, &["produce", "--deals", path(&grant), "--event-timestamps"]);
+    gpuledger(&broker, &["produce", "--metering", path(&usage)]);
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &broker.address)
+        .set("group.id", "timestamps")
+        .create()
+        .unwrap();
+    let mut list = rdkafka::TopicPartitionList::new();
+    list.add_partition_offset("gpuledger.deals", 0, rdkafka::Offset::Beginning).unwrap();
+    list.add_partition_offset("gpuledger.metering", 0, rdkafka::Offset::Beginning).unwrap();
+    consumer.assign(&list).unwrap();
+    let mut stamps = std::collections::BTreeMap::new();
+    while stamps.len() < 2 {
+        let message = consumer.poll(std::time::Duration::from_secs(30)).expect("a record within 30 s").unwrap();
+        stamps.insert(message.topic().to_owned(), message.timestamp().to_millis().unwrap());
+    }
+    let event_time = gpuledger::units::parse_rfc3339("2025-01-01T09:00:00Z").unwrap();
+    assert_eq!(stamps["gpuledger.deals"], event_time, "the grant's event time");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let produced = stamps["gpuledger.metering"];
+    assert!((now - 600_000..=now).contains(&produced), "produce time expected, got {produced}");
+}
