@@ -70,18 +70,11 @@ fn path(path: &Path) -> &str {
 }
 
 fn produce(broker: &Broker, inputs: &Path) {
-    gpuledger(
-        broker,
-        &[
-            "produce",
-            "--rates",
-            path(&inputs.join("rates.jsonl")),
-            "--deals",
-            path(&inputs.join("deals.jsonl")),
-            "--metering",
-            path(&inputs.join("metering.jsonl")),
-        ],
-    );
+    produce_files(broker, &inputs.join("rates.jsonl"), &inputs.join("deals.jsonl"), &inputs.join("metering.jsonl"));
+}
+
+fn produce_files(broker: &Broker, rates: &Path, deals: &Path, metering: &Path) {
+    gpuledger(broker, &["produce", "--rates", path(rates), "--deals", path(deals), "--metering", path(metering)]);
 }
 
 /// A broker with the topics (`partitions` each) and a Philly workload of
@@ -672,18 +665,7 @@ fn reset_refuses_a_live_group_and_rewinds_to_a_commit_or_the_start() {
     std::fs::write(&second_half, metering[metering.len() / 2..].join("\n") + "\n").unwrap();
     let state = dir.join("state");
 
-    gpuledger(
-        &broker,
-        &[
-            "produce",
-            "--rates",
-            path(&inputs.join("rates.jsonl")),
-            "--deals",
-            path(&inputs.join("deals.jsonl")),
-            "--metering",
-            path(&first_half),
-        ],
-    );
+    produce_files(&broker, &inputs.join("rates.jsonl"), &inputs.join("deals.jsonl"), &first_half);
     let first = run_until_caught_up(&broker, &state);
     let between = gpuledger::units::format_millis(
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64,
