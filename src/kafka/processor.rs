@@ -95,11 +95,32 @@ struct GroupContext {
     deals: String,
     metering: String,
     events: Mutex<Vec<GroupEvent>>,
+    /// The commit cycle under way, if any. A rebalance waits for it before
+    /// giving partitions up or reading the offsets of new ones, so the
+    /// offsets it reads are the ones that cycle left.
+    in_flight: Mutex<Option<InFlight>>,
+    /// Outcomes of finished cycles not yet counted by the loop.
+    finished: Mutex<Outcomes>,
 }
 
 impl ClientContext for GroupContext {}
 
 impl GroupContext {
+    /// Waits for the commit cycle under way (or only takes it when it has
+    /// finished, with `wait` false) and keeps its outcomes for the loop.
+    fn finish_in_flight(&self, wait: bool) {
+        let mut in_flight = self.in_flight.lock().expect("in-flight lock");
+        if !wait && !in_flight.as_ref().is_some_and(|cycle| cycle.handle.is_finished()) {
+            return;
+        }
+        let Some(cycle) = in_flight.take() else { return };
+        let outcomes = cycle
+            .handle
+            .join()
+            .unwrap_or_else(|_| vec![(u32::MAX, Err(anyhow::anyhow!("the commit thread panicked")))]);
+        self.finished.lock().expect("finished lock").extend(outcomes);
+    }
+
     fn assign(&self, consumer: &BaseConsumer<Self>, list: &mut TopicPartitionList) -> crate::Result<Vec<Assigned>> {
         let committed = consumer.committed_offsets(list.clone(), super::METADATA_TIMEOUT)?;
         let mut by_partition: BTreeMap<u32, Assigned> = BTreeMap::new();
@@ -133,6 +154,7 @@ impl GroupContext {
 
 impl ConsumerContext for GroupContext {
     fn rebalance(&self, consumer: &BaseConsumer<Self>, error: RDKafkaRespErr, list: &mut TopicPartitionList) {
+        self.finish_in_flight(true);
         match error {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => match self.assign(consumer, list) {
                 Ok(assigned) => {
@@ -160,7 +182,8 @@ impl ConsumerContext for GroupContext {
 struct TaskRunner {
     partition: u32,
     task: Task,
-    producer: BaseProducer,
+    /// Shared with the commit thread while a cycle of this task is in flight.
+    producer: Arc<BaseProducer>,
     rates: BaseConsumer<super::QuietEof>,
     rates_caught_up: bool,
     buffers: [VecDeque<(InputRecord, Decoded)>; 3],
@@ -435,7 +458,44 @@ struct Processor<'a> {
     stats: RunStats,
     /// Transactions begun, for `processor.inject_abort_every`.
     transactions_begun: u64,
+    destinations: Destinations,
 }
+
+/// The output topics' names, shared with the commit thread.
+struct Destinations {
+    usage_rated: Arc<str>,
+    journal: Arc<str>,
+    statements: Arc<str>,
+    alerts: Arc<str>,
+    dead_letter: Arc<str>,
+    balances: Arc<str>,
+    progress: Arc<str>,
+}
+
+impl Destinations {
+    fn new(topics: &crate::config::Topics) -> Self {
+        Destinations {
+            usage_rated: topics.usage_rated.as_str().into(),
+            journal: topics.journal.as_str().into(),
+            statements: topics.statements.as_str().into(),
+            alerts: topics.alerts.as_str().into(),
+            dead_letter: topics.dead_letter.as_str().into(),
+            balances: topics.balances.as_str().into(),
+            progress: topics.progress.as_str().into(),
+        }
+    }
+}
+
+/// A commit cycle on its way: each task's transaction, then (once it has
+/// committed) its RocksDB write, on a thread of its own while the fold goes
+/// on with the next cycle.
+struct InFlight {
+    handle: std::thread::JoinHandle<Outcomes>,
+}
+
+/// Each task's outcome of a commit cycle: the milliseconds waited for the
+/// broker, or why it failed.
+type Outcomes = Vec<(u32, crate::Result<u64>)>;
 
 impl<'a> Processor<'a> {
     fn new_runner(&self, assigned: &Assigned) -> crate::Result<TaskRunner> {
@@ -499,7 +559,7 @@ impl<'a> Processor<'a> {
         Ok(TaskRunner {
             partition,
             task: Task::new(self.config.fold, state),
-            producer,
+            producer: Arc::new(producer),
             rates,
             rates_caught_up: false,
             buffers: Default::default(),
@@ -555,6 +615,18 @@ impl<'a> Processor<'a> {
 
     fn handle_group_events(&mut self) -> crate::Result<()> {
         let events: Vec<GroupEvent> = std::mem::take(&mut *self.consumer.context().events.lock().expect("events lock"));
+        if !events.is_empty() {
+            // The rebalance waited for the cycle in flight; count it now.
+            let mut leaving: Vec<u32> = Vec::new();
+            for event in &events {
+                match event {
+                    GroupEvent::Revoked(partitions) if partitions.is_empty() => leaving.extend(self.runners.keys()),
+                    GroupEvent::Revoked(partitions) => leaving.extend(partitions),
+                    GroupEvent::Assigned(assigned) => leaving.extend(assigned.iter().map(|entry| entry.partition)),
+                }
+            }
+            self.settle(false, &leaving)?;
+        }
         for event in events {
             match event {
                 GroupEvent::Revoked(partitions) => {
@@ -714,94 +786,95 @@ impl<'a> Processor<'a> {
         taken
     }
 
-    /// One commit cycle for each task with work: outputs, balances and
-    /// progress and the input offsets in one transaction, then RocksDB.
+    /// Starts a commit cycle for each task with work: outputs, balances and
+    /// progress and the input offsets in one transaction, then RocksDB. The
+    /// previous cycle is settled first (a task's producer runs one
+    /// transaction at a time); this one runs on a thread while the fold goes
+    /// on, so folding overlaps the broker's round trips.
     fn commit(&mut self) -> crate::Result<()> {
+        let started = Instant::now();
+        // Rebalances first, so a revoked task is not rebuilt.
+        self.handle_group_events()?;
+        self.settle(true, &[])?;
         let ready: Vec<u32> = self
             .runners
             .iter()
             .filter(|(_, runner)| runner.folded_since_commit > 0 && !runner.refolding())
             .map(|(partition, _)| *partition)
             .collect();
-        if ready.is_empty() {
-            return Ok(());
-        }
-        let started = Instant::now();
-        let group_metadata = self.consumer.group_metadata().context("no consumer group metadata")?;
-        let mut cycles = Vec::with_capacity(ready.len());
-        for partition in ready {
-            cycles.push(self.prepare_cycle(partition)?);
-        }
-        // Each task's transaction goes through its own producer; run them at
-        // once so the waits for the broker overlap instead of adding up.
-        let outcomes: Vec<crate::Result<u64>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = cycles
-                .iter()
-                .map(|cycle| {
-                    let producer = &self.runners[&cycle.partition].producer;
-                    let group_metadata = &group_metadata;
-                    scope.spawn(move || transact(producer, cycle, group_metadata))
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|handle| handle.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a commit thread panicked"))))
-                .collect()
-        });
-        for (cycle, outcome) in cycles.into_iter().zip(outcomes) {
-            let partition = cycle.partition;
-            let persisted = outcome.and_then(|wait| {
-                self.stats.transaction_wait_millis += wait;
-                // Only now: the state and offsets the transaction published.
-                let runner = self.runners.get_mut(&partition).expect("committing a known task");
-                let ops = store::commit_ops(runner.task.state(), &cycle.changes);
-                self.store.lock().expect("store lock").write(ops).context("writing the committed state to RocksDB")?;
-                runner.segments.clear();
-                runner.folded_since_commit = 0;
-                Ok(())
-            });
-            match persisted {
-                Ok(()) => self.stats.transactions_committed += 1,
-                Err(error) => {
-                    self.stats.transactions_aborted += 1;
-                    tracing::warn!(partition, error = %format!("{error:#}"), "commit failed; rebuilding the task from its committed state");
-                    self.rebuild(partition)?;
-                }
+        if !ready.is_empty() {
+            let group_metadata = self.consumer.group_metadata().context("no consumer group metadata")?;
+            let mut cycles = Vec::with_capacity(ready.len());
+            for partition in ready {
+                cycles.push(self.prepare_cycle(partition)?);
             }
+            let store = Arc::clone(&self.store);
+            let handle = std::thread::Builder::new()
+                .name("commit".to_owned())
+                .spawn(move || commit_cycles(cycles, &group_metadata, &store))
+                .context("starting the commit thread")?;
+            *self.consumer.context().in_flight.lock().expect("in-flight lock") = Some(InFlight { handle });
         }
         self.stats.commit_millis += started.elapsed().as_millis() as u64;
         Ok(())
     }
 
+    /// Counts the outcomes of the cycle in flight once it has finished (or
+    /// waits for it, with `wait`). A task whose transaction or RocksDB write
+    /// failed is rebuilt from its committed state, unless it is among
+    /// `leaving` (revoked or reassigned: it starts again from RocksDB anyway).
+    fn settle(&mut self, wait: bool, leaving: &[u32]) -> crate::Result<()> {
+        self.consumer.context().finish_in_flight(wait);
+        let outcomes = std::mem::take(&mut *self.consumer.context().finished.lock().expect("finished lock"));
+        for (partition, outcome) in outcomes {
+            match outcome {
+                Ok(wait) => {
+                    self.stats.transactions_committed += 1;
+                    self.stats.transaction_wait_millis += wait;
+                }
+                Err(error) => {
+                    self.stats.transactions_aborted += 1;
+                    if leaving.contains(&partition) || !self.runners.contains_key(&partition) {
+                        tracing::warn!(partition, error = %format!("{error:#}"), "commit failed for a task given up; it starts again from its committed state");
+                    } else {
+                        tracing::warn!(partition, error = %format!("{error:#}"), "commit failed; rebuilding the task from its committed state");
+                        self.rebuild(partition)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// What one task's cycle publishes: its outputs, balances and progress
-    /// records, and the input offsets it reached.
-    fn prepare_cycle(&mut self, partition: u32) -> crate::Result<Cycle<'a>> {
-        let topics = &self.config.topics;
+    /// records, and the input offsets it reached; and the RocksDB write of
+    /// the state at its end, taken now since the fold goes on meanwhile.
+    fn prepare_cycle(&mut self, partition: u32) -> crate::Result<Cycle> {
+        let destinations = &self.destinations;
         let runner = self.runners.get_mut(&partition).expect("committing a known task");
         let changes = runner.task.take_changes();
-        // (topic, key, value) of everything this cycle publishes.
-        let mut records: Vec<Publication<'a>> = Vec::with_capacity(runner.pending.len() + 8);
+        let mut records: Vec<Publication> = Vec::with_capacity(runner.pending.len() + 8);
         let outputs = std::mem::take(&mut runner.pending);
         let encoded = std::mem::take(&mut runner.pending_json);
         debug_assert_eq!(outputs.len(), encoded.len());
         for (output, json) in outputs.iter().zip(encoded) {
             let topic = match output {
-                Output::UsageRated(_) => &topics.usage_rated,
-                Output::Journal(_) => &topics.journal,
-                Output::Statement(_) => &topics.statements,
-                Output::Alert(_) => &topics.alerts,
-                Output::DeadLetter(_) => &topics.dead_letter,
+                Output::UsageRated(_) => &destinations.usage_rated,
+                Output::Journal(_) => &destinations.journal,
+                Output::Statement(_) => &destinations.statements,
+                Output::Alert(_) => &destinations.alerts,
+                Output::DeadLetter(_) => &destinations.dead_letter,
             };
             let value = match self.config.output_format {
                 OutputFormat::Json => json,
                 OutputFormat::Avro => output.to_avro(&self.encoder)?,
             };
-            records.push((topic, output.key().map(<[u8]>::to_vec), value));
+            records.push((Arc::clone(topic), output.key().map(<[u8]>::to_vec), value));
         }
         for startup in &changes.balances {
             if let Some(balances) = runner.task.balances(startup, &self.names) {
                 let value = serde_json::to_vec(&balances)?;
-                records.push((&topics.balances, Some(startup.as_bytes().to_vec()), value));
+                records.push((Arc::clone(&destinations.balances), Some(startup.as_bytes().to_vec()), value));
             }
         }
         let offsets = runner.task.offsets(&self.names);
@@ -817,21 +890,25 @@ impl<'a> Processor<'a> {
             records: runner.folded_since_commit,
         };
         records.push((
-            &topics.progress,
+            Arc::clone(&destinations.progress),
             Some(format!("task-{partition}").into_bytes()),
             serde_json::to_vec(&progress)?,
         ));
 
         let mut consumed = TopicPartitionList::new();
-        for (topic, offset) in
-            [(&topics.deals, runner.task.state().offsets[1]), (&topics.metering, runner.task.state().offsets[2])]
-        {
+        for (topic, offset) in [
+            (&self.config.topics.deals, runner.task.state().offsets[1]),
+            (&self.config.topics.metering, runner.task.state().offsets[2]),
+        ] {
             consumed.add_partition_offset(topic, partition as i32, Offset::Offset(offset))?;
         }
+        let ops = store::commit_ops(runner.task.state(), &changes);
+        runner.segments.clear();
+        runner.folded_since_commit = 0;
         self.transactions_begun += 1;
         let every = self.config.inject_abort_every;
         let inject_abort = (every > 0 && self.transactions_begun % every == 0).then_some(every);
-        Ok(Cycle { partition, changes, records, consumed, inject_abort })
+        Ok(Cycle { partition, producer: Arc::clone(&runner.producer), records, consumed, ops, inject_abort })
     }
 
     /// Drops a task's uncommitted state: reload it and rewind its inputs.
@@ -866,27 +943,66 @@ impl<'a> Processor<'a> {
 }
 
 /// (topic, key, value) of a record a cycle publishes.
-type Publication<'a> = (&'a str, Option<Vec<u8>>, Vec<u8>);
+type Publication = (Arc<str>, Option<Vec<u8>>, Vec<u8>);
 
 /// One task's commit cycle, ready to go out in a transaction.
-struct Cycle<'a> {
+struct Cycle {
     partition: u32,
-    changes: crate::fold::state::Changes,
-    records: Vec<Publication<'a>>,
+    producer: Arc<BaseProducer>,
+    records: Vec<Publication>,
     /// The next offsets of deals and metering, committed with the transaction.
     consumed: TopicPartitionList,
+    /// The task's state at the end of the cycle, written once it has committed.
+    ops: Vec<store::Op>,
     /// `processor.inject_abort_every`, when this cycle is to be aborted.
     inject_abort: Option<u64>,
+}
+
+/// Runs the tasks' transactions of one cycle at once (each task has its own
+/// producer, so the waits for the broker overlap), and writes each
+/// committed task's state to RocksDB; returns each task's outcome: the
+/// milliseconds waited for the broker, or why it failed.
+fn commit_cycles(
+    cycles: Vec<Cycle>,
+    group_metadata: &ConsumerGroupMetadata,
+    store: &Mutex<RocksStore>,
+) -> Vec<(u32, crate::Result<u64>)> {
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = cycles
+            .into_iter()
+            .map(|cycle| {
+                let partition = cycle.partition;
+                let handle = scope.spawn(move || {
+                    let wait = transact(&cycle, group_metadata)?;
+                    // Only now: the state and offsets the transaction published.
+                    store
+                        .lock()
+                        .expect("store lock")
+                        .write(cycle.ops)
+                        .context("writing the committed state to RocksDB")?;
+                    Ok(wait)
+                });
+                (partition, handle)
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|(partition, handle)| {
+                (partition, handle.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a commit thread panicked"))))
+            })
+            .collect()
+    })
 }
 
 /// Sends a cycle's records and offsets in one transaction and commits it;
 /// returns the milliseconds spent waiting for the offsets and the commit.
 /// Any failure aborts the transaction.
-fn transact(producer: &BaseProducer, cycle: &Cycle<'_>, group_metadata: &ConsumerGroupMetadata) -> crate::Result<u64> {
+fn transact(cycle: &Cycle, group_metadata: &ConsumerGroupMetadata) -> crate::Result<u64> {
+    let producer = &cycle.producer;
     producer.begin_transaction().context("beginning a transaction")?;
     for (topic, key, value) in &cycle.records {
         loop {
-            let mut record = BaseRecord::<[u8], [u8]>::to(topic).partition(cycle.partition as i32).payload(value);
+            let mut record = BaseRecord::<[u8], [u8]>::to(&**topic).partition(cycle.partition as i32).payload(value);
             if let Some(key) = key {
                 record = record.key(key);
             }
@@ -948,6 +1064,8 @@ pub fn run(config: &Config, options: &RunOptions, shutdown: Arc<AtomicBool>) -> 
         deals: config.topics.deals.clone(),
         metering: config.topics.metering.clone(),
         events: Mutex::new(Vec::new()),
+        in_flight: Mutex::new(None),
+        finished: Mutex::new(Vec::new()),
     };
     let consumer: BaseConsumer<GroupContext> = super::group_client_config(
         config,
@@ -980,6 +1098,7 @@ pub fn run(config: &Config, options: &RunOptions, shutdown: Arc<AtomicBool>) -> 
         encoder: OutputEncoder::default(),
         stats: RunStats::default(),
         transactions_begun: 0,
+        destinations: Destinations::new(&config.topics),
     };
     tracing::info!(partitions, group = %config.group_id, "joined; waiting for partitions");
     let commit_interval = Duration::from_millis(config.commit_interval as u64);
@@ -992,6 +1111,8 @@ pub fn run(config: &Config, options: &RunOptions, shutdown: Arc<AtomicBool>) -> 
         processor.publish_ticks()?;
         let received = processor.poll_inputs()?;
         let taken = processor.fold();
+        processor.handle_group_events()?;
+        processor.settle(false, &[])?;
         if last_commit.elapsed() >= commit_interval {
             processor.commit()?;
             last_commit = Instant::now();
@@ -1011,6 +1132,7 @@ pub fn run(config: &Config, options: &RunOptions, shutdown: Arc<AtomicBool>) -> 
             && processor.runners.values().all(TaskRunner::caught_up);
         if stopping || caught_up {
             processor.commit()?;
+            processor.settle(true, &[])?;
             tracing::info!(stats = ?processor.stats, reason = if stopping { "signal" } else { "caught up" }, "stopping");
             break;
         }
