@@ -1002,7 +1002,7 @@ fn transact(cycle: &Cycle, group_metadata: &ConsumerGroupMetadata) -> crate::Res
     producer.begin_transaction().context("beginning a transaction")?;
     for (topic, key, value) in &cycle.records {
         loop {
-            let mut record = BaseRecord::<[u8], [u8]>::to(&**topic).partition(cycle.partition as i32).payload(value);
+            let mut record = BaseRecord::<[u8], [u8]>::to(topic).partition(cycle.partition as i32).payload(value);
             if let Some(key) = key {
                 record = record.key(key);
             }
