@@ -17,6 +17,9 @@ use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
+/// (usage id if a usage event, key, target partitions, the line).
+type Timed = (Option<String>, Option<Vec<u8>>, Vec<u32>, String);
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.len() != 6 {
@@ -31,7 +34,7 @@ fn main() {
     // The metering log as `gpuledger produce` sends it (ticks to every
     // partition keep the start-ups' clocks moving), up to `wanted` usage
     // events; only usage events are timed.
-    let mut events: Vec<(Option<String>, Option<Vec<u8>>, Vec<u32>, String)> = Vec::new();
+    let mut events: Vec<Timed> = Vec::new();
     let mut usage = 0;
     for line in std::io::BufReader::new(std::fs::File::open(input).expect("metering file")).lines() {
         let line = line.expect("reading the metering file");
