@@ -7,6 +7,9 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use gpuledger::units::Millis;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "gpuledger",

@@ -9,6 +9,10 @@
 //! (spec §4) and folded; every `commit_interval` a task's outputs, its
 //! balances and progress records and its input offsets go out in one Kafka
 //! transaction, and only after the commit is its state written to RocksDB.
+//! A cycle's transactions and RocksDB writes run on a thread of their own
+//! while the loop folds the next cycle (whose state stays in memory until
+//! its own transaction commits); a cycle starts only when the previous one
+//! has settled, and a rebalance waits for the cycle under way.
 //!
 //! # Recovery
 //! On assignment of p the task loads its state and stored offsets o_r from
@@ -67,10 +71,12 @@ pub struct RunStats {
     pub transactions_committed: u64,
     pub transactions_aborted: u64,
     pub partitions_assigned: u64,
-    /// Wall time spent in commit cycles (producing, committing the
-    /// transaction, writing RocksDB), in milliseconds.
+    /// Wall time the fold loop spent on commit cycles (preparing one,
+    /// waiting for the previous one to settle), in milliseconds; the
+    /// transactions themselves run beside the fold.
     pub commit_millis: u64,
-    /// Of which waiting for the broker to take the offsets and commit.
+    /// Time the tasks' transactions waited for the broker to take the
+    /// offsets and commit, summed over tasks, in milliseconds.
     pub transaction_wait_millis: u64,
 }
 
