@@ -33,10 +33,19 @@ pub fn client_config(config: &Config, ours: &[(&str, &str)]) -> ClientConfig {
 }
 
 /// Group timing defaults, each overridable in `kafka.properties`: a crashed
-/// instance's partitions move after 10 s rather than librdkafka's 45 s, and a
-/// stuck loop leaves the group after a minute rather than five.
-pub const GROUP_DEFAULTS: [(&str, &str); 3] =
-    [("session.timeout.ms", "10000"), ("heartbeat.interval.ms", "1000"), ("max.poll.interval.ms", "60000")];
+/// instance's partitions move after 10 s rather than librdkafka's 45 s, a
+/// stuck loop leaves the group after a minute rather than five, and a fetch
+/// waits at most 10 ms for new input rather than 500 (brokers that do not
+/// answer a waiting fetch as soon as data arrives — Tansu — otherwise set
+/// the pace of commit cycles: measured 82 → 170 cycles and p50 latency
+/// 299 → 195 ms at 2,000 events/s; the cost is up to 100 empty fetches a
+/// second per broker while idle).
+pub const GROUP_DEFAULTS: [(&str, &str); 4] = [
+    ("session.timeout.ms", "10000"),
+    ("heartbeat.interval.ms", "1000"),
+    ("max.poll.interval.ms", "60000"),
+    ("fetch.wait.max.ms", "10"),
+];
 
 /// [`client_config`] for the processor's group consumer: the group defaults
 /// unless the user set them.

@@ -78,6 +78,25 @@ pub struct RunStats {
     /// Time the tasks' transactions waited for the broker to take the
     /// offsets and commit, summed over tasks, in milliseconds.
     pub transaction_wait_millis: u64,
+    /// Commit cycles settled, and their wall time from the cut to the last
+    /// task's RocksDB write, summed, in milliseconds: the cycle period that
+    /// bounds latency.
+    pub cycles: u64,
+    pub cycle_millis: u64,
+    /// Of the transactions' wait: `send_offsets_to_transaction` and
+    /// `commit_transaction` (which first waits for the outputs' acks),
+    /// summed over tasks, in milliseconds; and the RocksDB writes after.
+    pub offsets_millis: u64,
+    pub end_transaction_millis: u64,
+    pub store_write_millis: u64,
+}
+
+/// Where one task's transaction spent its time, in milliseconds.
+#[derive(Clone, Copy, Debug, Default)]
+struct TaskTimes {
+    offsets: u64,
+    end_transaction: u64,
+    store_write: u64,
 }
 
 /// A partition assigned by the group, with its offsets.
@@ -106,7 +125,7 @@ struct GroupContext {
     /// offsets it reads are the ones that cycle left.
     in_flight: Mutex<Option<InFlight>>,
     /// Outcomes of finished cycles not yet counted by the loop.
-    finished: Mutex<Outcomes>,
+    finished: Mutex<Vec<CycleOutcome>>,
 }
 
 impl ClientContext for GroupContext {}
@@ -120,11 +139,11 @@ impl GroupContext {
             return;
         }
         let Some(cycle) = in_flight.take() else { return };
-        let outcomes = cycle
-            .handle
-            .join()
-            .unwrap_or_else(|_| vec![(u32::MAX, Err(anyhow::anyhow!("the commit thread panicked")))]);
-        self.finished.lock().expect("finished lock").extend(outcomes);
+        let outcomes = cycle.handle.join().unwrap_or_else(|_| CycleOutcome {
+            wall_millis: 0,
+            tasks: vec![(u32::MAX, Err(anyhow::anyhow!("the commit thread panicked")))],
+        });
+        self.finished.lock().expect("finished lock").push(outcomes);
     }
 
     fn assign(&self, consumer: &BaseConsumer<Self>, list: &mut TopicPartitionList) -> crate::Result<Vec<Assigned>> {
@@ -496,12 +515,18 @@ impl Destinations {
 /// committed) its RocksDB write, on a thread of its own while the fold goes
 /// on with the next cycle.
 struct InFlight {
-    handle: std::thread::JoinHandle<Outcomes>,
+    handle: std::thread::JoinHandle<CycleOutcome>,
 }
 
-/// Each task's outcome of a commit cycle: the milliseconds waited for the
-/// broker, or why it failed.
-type Outcomes = Vec<(u32, crate::Result<u64>)>;
+/// Each task's outcome of a commit cycle: where its time went, or why it
+/// failed.
+type Outcomes = Vec<(u32, crate::Result<TaskTimes>)>;
+
+/// A settled cycle: its wall time and each task's outcome.
+struct CycleOutcome {
+    wall_millis: u64,
+    tasks: Outcomes,
+}
 
 impl<'a> Processor<'a> {
     fn new_runner(&self, assigned: &Assigned) -> crate::Result<TaskRunner> {
@@ -810,6 +835,8 @@ impl<'a> Processor<'a> {
             .collect();
         if !ready.is_empty() {
             let group_metadata = self.consumer.group_metadata().context("no consumer group metadata")?;
+            let records: u64 = ready.iter().map(|partition| self.runners[partition].folded_since_commit).sum();
+            tracing::debug!(tasks = ready.len(), records, "commit cycle cut");
             let mut cycles = Vec::with_capacity(ready.len());
             for partition in ready {
                 cycles.push(self.prepare_cycle(partition)?);
@@ -831,12 +858,24 @@ impl<'a> Processor<'a> {
     /// `leaving` (revoked or reassigned: it starts again from RocksDB anyway).
     fn settle(&mut self, wait: bool, leaving: &[u32]) -> crate::Result<()> {
         self.consumer.context().finish_in_flight(wait);
-        let outcomes = std::mem::take(&mut *self.consumer.context().finished.lock().expect("finished lock"));
+        let cycles = std::mem::take(&mut *self.consumer.context().finished.lock().expect("finished lock"));
+        let outcomes: Outcomes = cycles
+            .into_iter()
+            .flat_map(|cycle| {
+                tracing::debug!(wall_millis = cycle.wall_millis, tasks = cycle.tasks.len(), "commit cycle settled");
+                self.stats.cycles += 1;
+                self.stats.cycle_millis += cycle.wall_millis;
+                cycle.tasks
+            })
+            .collect();
         for (partition, outcome) in outcomes {
             match outcome {
-                Ok(wait) => {
+                Ok(times) => {
                     self.stats.transactions_committed += 1;
-                    self.stats.transaction_wait_millis += wait;
+                    self.stats.transaction_wait_millis += times.offsets + times.end_transaction;
+                    self.stats.offsets_millis += times.offsets;
+                    self.stats.end_transaction_millis += times.end_transaction;
+                    self.stats.store_write_millis += times.store_write;
                 }
                 Err(error) => {
                     self.stats.transactions_aborted += 1;
@@ -966,27 +1005,30 @@ struct Cycle {
 
 /// Runs the tasks' transactions of one cycle at once (each task has its own
 /// producer, so the waits for the broker overlap), and writes each
-/// committed task's state to RocksDB; returns each task's outcome: the
-/// milliseconds waited for the broker, or why it failed.
+/// committed task's state to RocksDB; returns the cycle's wall time and
+/// each task's outcome.
 fn commit_cycles(
     cycles: Vec<Cycle>,
     group_metadata: &ConsumerGroupMetadata,
     store: &Mutex<RocksStore>,
-) -> Vec<(u32, crate::Result<u64>)> {
-    std::thread::scope(|scope| {
+) -> CycleOutcome {
+    let started = Instant::now();
+    let tasks = std::thread::scope(|scope| {
         let handles: Vec<_> = cycles
             .into_iter()
             .map(|cycle| {
                 let partition = cycle.partition;
                 let handle = scope.spawn(move || {
-                    let wait = transact(&cycle, group_metadata)?;
+                    let mut times = transact(&cycle, group_metadata)?;
                     // Only now: the state and offsets the transaction published.
+                    let writing = Instant::now();
                     store
                         .lock()
                         .expect("store lock")
                         .write(cycle.ops)
                         .context("writing the committed state to RocksDB")?;
-                    Ok(wait)
+                    times.store_write = writing.elapsed().as_millis() as u64;
+                    Ok(times)
                 });
                 (partition, handle)
             })
@@ -997,13 +1039,14 @@ fn commit_cycles(
                 (partition, handle.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a commit thread panicked"))))
             })
             .collect()
-    })
+    });
+    CycleOutcome { wall_millis: started.elapsed().as_millis() as u64, tasks }
 }
 
 /// Sends a cycle's records and offsets in one transaction and commits it;
-/// returns the milliseconds spent waiting for the offsets and the commit.
+/// returns the time spent waiting for the offsets and the commit.
 /// Any failure aborts the transaction.
-fn transact(cycle: &Cycle, group_metadata: &ConsumerGroupMetadata) -> crate::Result<u64> {
+fn transact(cycle: &Cycle, group_metadata: &ConsumerGroupMetadata) -> crate::Result<TaskTimes> {
     let producer = &cycle.producer;
     producer.begin_transaction().context("beginning a transaction")?;
     for (topic, key, value) in &cycle.records {
@@ -1028,16 +1071,19 @@ fn transact(cycle: &Cycle, group_metadata: &ConsumerGroupMetadata) -> crate::Res
         let _ = producer.abort_transaction(TRANSACTION_TIMEOUT);
         bail!("injected abort (processor.inject_abort_every = {every})");
     }
+    let mut times = TaskTimes::default();
     let waiting = Instant::now();
-    let sent = producer
-        .send_offsets_to_transaction(&cycle.consumed, group_metadata, TRANSACTION_TIMEOUT)
-        .and_then(|()| producer.commit_transaction(TRANSACTION_TIMEOUT));
-    let waited = waiting.elapsed().as_millis() as u64;
+    let sent =
+        producer.send_offsets_to_transaction(&cycle.consumed, group_metadata, TRANSACTION_TIMEOUT).and_then(|()| {
+            times.offsets = waiting.elapsed().as_millis() as u64;
+            producer.commit_transaction(TRANSACTION_TIMEOUT)
+        });
+    times.end_transaction = (waiting.elapsed().as_millis() as u64).saturating_sub(times.offsets);
     if let Err(error) = sent {
         let _ = producer.abort_transaction(TRANSACTION_TIMEOUT);
         return Err(error).context("committing the transaction");
     }
-    Ok(waited)
+    Ok(times)
 }
 
 #[derive(Serialize)]

@@ -135,6 +135,12 @@ fn live_processing_equals_batch_mode_and_restarts_resume_without_refolding() {
     let first = run_until_caught_up(&broker, &state);
     assert!(first["records_folded"].as_u64().unwrap() > 1_000, "{first}");
     assert_eq!(first["records_refolded"], 0);
+    // Every cycle settled is counted, with one transaction per task in it,
+    // and the wait splits into its two broker calls.
+    let stat = |name: &str| first[name].as_u64().unwrap_or_else(|| panic!("no {name} in {first}"));
+    assert!(stat("cycles") >= 1 && stat("transactions_committed") >= stat("cycles"), "{first}");
+    assert!(stat("transactions_committed") <= 4 * stat("cycles"), "{first}");
+    assert_eq!(stat("transaction_wait_millis"), stat("offsets_millis") + stat("end_transaction_millis"), "{first}");
     assert_exported_equals_fold(&broker, &inputs, &dir, "first");
 
     // The live state and a batch run over the same logs: same offsets and
