@@ -13,6 +13,7 @@
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::time::Instant;
 
 use anyhow::Context as _;
@@ -93,6 +94,10 @@ struct Cursor {
     partition: u32,
     partitions: u32,
     lines: std::io::Split<BufReader<File>>,
+    /// With several tasks: each line's partition, worked out once for all
+    /// tasks (see [`route_lines`]), so a task parses only its own lines.
+    routes: Option<Rc<Vec<u32>>>,
+    line_index: usize,
     next_offset: i64,
     skip_below: i64,
     head: Option<(InputRecord, Decoded)>,
@@ -100,13 +105,21 @@ struct Cursor {
 }
 
 impl Cursor {
-    fn open(path: &Path, topic: Topic, partition: u32, partitions: u32, skip_below: i64) -> crate::Result<Cursor> {
-        let file = File::open(path).with_context(|| format!("opening {} input {}", topic.name(), path.display()))?;
+    fn open(
+        path: &Path,
+        topic: Topic,
+        partition: u32,
+        partitions: u32,
+        skip_below: i64,
+        routes: Option<Rc<Vec<u32>>>,
+    ) -> crate::Result<Cursor> {
         Ok(Cursor {
             topic,
             partition,
             partitions,
-            lines: BufReader::with_capacity(1 << 20, file).split(b'\n'),
+            lines: open_lines(path, topic)?,
+            routes,
+            line_index: 0,
             next_offset: 0,
             skip_below,
             head: None,
@@ -123,6 +136,11 @@ impl Cursor {
             let mut line = line.with_context(|| format!("reading {}", path.display()))?;
             if line.last() == Some(&b'\r') {
                 line.pop();
+            }
+            let known = self.routes.as_ref().and_then(|routes| routes.get(self.line_index).copied());
+            self.line_index += 1;
+            if known.is_some_and(|target| target != EVERY_PARTITION && target != self.partition) {
+                continue;
             }
             let parsed = crate::events::json::parse(&line);
             let (key, tick) = match &parsed {
@@ -162,6 +180,33 @@ impl Cursor {
             None => Head::CaughtUp,
         })
     }
+}
+
+/// In [`route_lines`]' answer: a line every partition takes (a tick).
+const EVERY_PARTITION: u32 = u32::MAX;
+
+fn open_lines(path: &Path, topic: Topic) -> crate::Result<std::io::Split<BufReader<File>>> {
+    let file = File::open(path).with_context(|| format!("opening {} input {}", topic.name(), path.display()))?;
+    Ok(BufReader::with_capacity(1 << 20, file).split(b'\n'))
+}
+
+/// Each line's partition among `partitions` (ticks: [`EVERY_PARTITION`]),
+/// parsing every line once; the tasks then skip other partitions' lines
+/// without parsing them.
+fn route_lines(path: &Path, topic: Topic, partitions: u32) -> crate::Result<Vec<u32>> {
+    let mut routes = Vec::new();
+    for line in open_lines(path, topic)? {
+        let mut line = line.with_context(|| format!("reading {}", path.display()))?;
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+        let (key, tick) = match crate::events::json::parse(&line) {
+            Ok(value) => (record_key(topic, &value), is_tick(&value)),
+            Err(_) => (None, false),
+        };
+        routes.push(route(topic, key.as_deref(), tick, partitions).unwrap_or(EVERY_PARTITION));
+    }
+    Ok(routes)
 }
 
 pub(crate) struct OutputFiles {
@@ -222,6 +267,13 @@ pub fn run(options: &BatchOptions) -> crate::Result<BatchSummary> {
     let names = TopicNames::default();
     let started = Instant::now();
     let mut last_progress = Instant::now();
+    // Rates are read whole by every task; deals and metering are split.
+    let mut routes: [Option<Rc<Vec<u32>>>; 3] = Default::default();
+    if options.partitions > 1 {
+        for (path, topic) in [(&options.deals, Topic::Deals), (&options.metering, Topic::Metering)] {
+            routes[topic.index()] = Some(Rc::new(route_lines(path, topic, options.partitions)?));
+        }
+    }
     for partition in 0..options.partitions {
         let state = match store.as_ref() {
             Some(store) => store::load_task(store, partition)?,
@@ -231,7 +283,8 @@ pub fn run(options: &BatchOptions) -> crate::Result<BatchSummary> {
         let mut cursors = Vec::with_capacity(3);
         for topic in Topic::ALL {
             let skip = state.offsets[topic.index()];
-            cursors.push(Cursor::open(paths[topic.index()], topic, partition, options.partitions, skip)?);
+            let routes = routes[topic.index()].clone();
+            cursors.push(Cursor::open(paths[topic.index()], topic, partition, options.partitions, skip, routes)?);
         }
         let mut task = Task::new(options.fold, state);
         let mut outputs = Vec::with_capacity(1024);
