@@ -139,9 +139,14 @@ impl GroupContext {
             return;
         }
         let Some(cycle) = in_flight.take() else { return };
+        // Should the thread itself have died, each of its tasks failed.
+        let partitions = cycle.partitions;
         let outcomes = cycle.handle.join().unwrap_or_else(|_| CycleOutcome {
             wall_millis: 0,
-            tasks: vec![(u32::MAX, Err(anyhow::anyhow!("the commit thread panicked")))],
+            tasks: partitions
+                .into_iter()
+                .map(|partition| (partition, Err(anyhow::anyhow!("the commit thread panicked"))))
+                .collect(),
         });
         self.finished.lock().expect("finished lock").push(outcomes);
     }
@@ -516,6 +521,8 @@ impl Destinations {
 /// on with the next cycle.
 struct InFlight {
     handle: std::thread::JoinHandle<CycleOutcome>,
+    /// The tasks in the cycle.
+    partitions: Vec<u32>,
 }
 
 /// Each task's outcome of a commit cycle: where its time went, or why it
@@ -838,7 +845,7 @@ impl<'a> Processor<'a> {
             let records: u64 = ready.iter().map(|partition| self.runners[partition].folded_since_commit).sum();
             tracing::debug!(tasks = ready.len(), records, "commit cycle cut");
             let mut cycles = Vec::with_capacity(ready.len());
-            for partition in ready {
+            for &partition in &ready {
                 cycles.push(self.prepare_cycle(partition)?);
             }
             let store = Arc::clone(&self.store);
@@ -846,7 +853,8 @@ impl<'a> Processor<'a> {
                 .name("commit".to_owned())
                 .spawn(move || commit_cycles(cycles, &group_metadata, &store))
                 .context("starting the commit thread")?;
-            *self.consumer.context().in_flight.lock().expect("in-flight lock") = Some(InFlight { handle });
+            *self.consumer.context().in_flight.lock().expect("in-flight lock") =
+                Some(InFlight { handle, partitions: ready });
         }
         self.stats.commit_millis += started.elapsed().as_millis() as u64;
         Ok(())
