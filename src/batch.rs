@@ -133,20 +133,14 @@ impl Cursor {
                 self.done = true;
                 break;
             };
-            let mut line = line.with_context(|| format!("reading {}", path.display()))?;
-            if line.last() == Some(&b'\r') {
-                line.pop();
-            }
+            let line = without_cr(line.with_context(|| format!("reading {}", path.display()))?);
             let known = self.routes.as_ref().and_then(|routes| routes.get(self.line_index).copied());
             self.line_index += 1;
             if known.is_some_and(|target| target != EVERY_PARTITION && target != self.partition) {
                 continue;
             }
             let parsed = crate::events::json::parse(&line);
-            let (key, tick) = match &parsed {
-                Ok(value) => (record_key(self.topic, value), is_tick(value)),
-                Err(_) => (None, false),
-            };
+            let (key, tick) = key_and_tick(self.topic, &parsed);
             // Rates are one partition, read whole by every task.
             let target = if self.topic == Topic::Rates {
                 Some(0)
@@ -190,20 +184,30 @@ fn open_lines(path: &Path, topic: Topic) -> crate::Result<std::io::Split<BufRead
     Ok(BufReader::with_capacity(1 << 20, file).split(b'\n'))
 }
 
+/// A line without the `\r` of a CRLF ending.
+fn without_cr(mut line: Vec<u8>) -> Vec<u8> {
+    if line.last() == Some(&b'\r') {
+        line.pop();
+    }
+    line
+}
+
+/// A parsed line's key and whether it is a tick; nothing for a broken line.
+fn key_and_tick<E>(topic: Topic, parsed: &Result<Value, E>) -> (Option<Vec<u8>>, bool) {
+    match parsed {
+        Ok(value) => (record_key(topic, value), is_tick(value)),
+        Err(_) => (None, false),
+    }
+}
+
 /// Each line's partition among `partitions` (ticks: [`EVERY_PARTITION`]),
 /// parsing every line once; the tasks then skip other partitions' lines
 /// without parsing them.
 fn route_lines(path: &Path, topic: Topic, partitions: u32) -> crate::Result<Vec<u32>> {
     let mut routes = Vec::new();
     for line in open_lines(path, topic)? {
-        let mut line = line.with_context(|| format!("reading {}", path.display()))?;
-        if line.last() == Some(&b'\r') {
-            line.pop();
-        }
-        let (key, tick) = match crate::events::json::parse(&line) {
-            Ok(value) => (record_key(topic, &value), is_tick(&value)),
-            Err(_) => (None, false),
-        };
+        let line = without_cr(line.with_context(|| format!("reading {}", path.display()))?);
+        let (key, tick) = key_and_tick(topic, &crate::events::json::parse(&line));
         routes.push(route(topic, key.as_deref(), tick, partitions).unwrap_or(EVERY_PARTITION));
     }
     Ok(routes)
