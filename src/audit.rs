@@ -55,6 +55,10 @@ fn read_jsonl<T: DeserializeOwned>(path: &Path, mut each: impl FnMut(T)) -> crat
     Ok(())
 }
 
+/// Positions tried for a journal entry that does not follow its event's
+/// previous entry.
+const UNORDERED_POSITIONS: u64 = 64;
+
 /// Sums per (startup, currency, account): credits minus debits.
 type AccountSums = BTreeMap<(String, String, String), i128>;
 
@@ -63,6 +67,7 @@ pub fn audit(dir: &Path, partial: bool) -> crate::Result<AuditReport> {
     let mut accounts: AccountSums = BTreeMap::new();
     let mut per_currency: BTreeMap<String, (i128, i128)> = BTreeMap::new();
     let mut entry_ids = BTreeSet::new();
+    let mut last_event: Option<((String, String, String, String), u64)> = None;
     read_jsonl(&dir.join("journal.jsonl"), |entry: JournalEntry| {
         report.journal_entries += 1;
         if entry.amount <= 0 || entry.debit == entry.credit {
@@ -71,12 +76,27 @@ pub fn audit(dir: &Path, partial: bool) -> crate::Result<AuditReport> {
                 entry.entry_id, entry.amount, entry.debit, entry.credit
             ));
         }
-        let position_ok = (0..64).any(|position: u32| {
+        // One event's entries are written together, positions 0, 1, 2, …:
+        // the expected position is one past the previous entry's of the same
+        // event, else 0; any other position up to a bound is also accepted
+        // (an output read from its middle), so any number of entries checks.
+        let identity = (entry.topic.clone(), entry.startup.clone(), entry.source.clone(), entry.id.clone());
+        let expected = match &last_event {
+            Some((previous, position)) if *previous == identity => position + 1,
+            _ => 0,
+        };
+        let hash_at = |position: u64| {
             identity_hash(&[&entry.topic, &entry.startup, &entry.source, &entry.id, &position.to_string()])
-                == entry.entry_id
-        });
-        if !position_ok {
-            report.violation(format!("journal entry {} is not the hash of its identity", entry.entry_id));
+        };
+        let position = std::iter::once(expected)
+            .chain(0..UNORDERED_POSITIONS)
+            .find(|position| hash_at(*position) == entry.entry_id);
+        match position {
+            Some(position) => last_event = Some((identity, position)),
+            None => {
+                report.violation(format!("journal entry {} is not the hash of its identity", entry.entry_id));
+                last_event = None;
+            }
         }
         if !entry_ids.insert((entry.entry_id.clone(), entry.event_time)) {
             report.violation(format!("journal entry {} occurs twice", entry.entry_id));

@@ -19,9 +19,9 @@ use std::time::Instant;
 use anyhow::Context as _;
 use serde_json::Value;
 
-use crate::events::{decode, Decoded, InputRecord, Topic};
+use crate::events::{Decoded, InputRecord, Topic};
 use crate::fold::merge::{choose, Choice, Head};
-use crate::fold::{FoldConfig, Task, TopicNames};
+use crate::fold::{FoldConfig, FoldStats, Poisoned, Task, TopicNames};
 use crate::partitioner::partition_for_key;
 use crate::records::{Balances, Output, Stream};
 use crate::store::{self, rocks::RocksStore, KvStore};
@@ -40,6 +40,34 @@ pub struct BatchOptions {
     /// Fold only the records whose `time` is at or before this instant,
     /// in the order the merge takes them from the whole files (as-of T).
     pub until: Option<crate::units::Millis>,
+    /// Fault injection for tests: the process aborts (as if killed) at this
+    /// point, so crash-safe resumption can be shown.
+    #[doc(hidden)]
+    pub inject_crash: Option<CrashPoint>,
+}
+
+/// Where an injected crash strikes (counted over the whole run).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CrashPoint {
+    /// Right after the N-th record's outputs went to the write buffers.
+    AfterRecord(u64),
+    /// In the N-th state commit, after the outputs were synced and before
+    /// the state was written.
+    InCommit(u64),
+}
+
+impl std::str::FromStr for CrashPoint {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let (kind, count) = text.split_once(':').ok_or_else(|| format!("{text:?} is not record:N or commit:N"))?;
+        let count = count.parse().map_err(|_| format!("{count:?} is not a count"))?;
+        match kind {
+            "record" => Ok(CrashPoint::AfterRecord(count)),
+            "commit" => Ok(CrashPoint::InCommit(count)),
+            _ => Err(format!("{kind:?} is not record or commit")),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -102,6 +130,7 @@ struct Cursor {
     skip_below: i64,
     head: Option<(InputRecord, Decoded)>,
     done: bool,
+    limits: crate::events::Limits,
 }
 
 impl Cursor {
@@ -112,6 +141,7 @@ impl Cursor {
         partitions: u32,
         skip_below: i64,
         routes: Option<Rc<Vec<u32>>>,
+        limits: crate::events::Limits,
     ) -> crate::Result<Cursor> {
         Ok(Cursor {
             topic,
@@ -124,6 +154,7 @@ impl Cursor {
             skip_below,
             head: None,
             done: false,
+            limits,
         })
     }
 
@@ -139,7 +170,11 @@ impl Cursor {
             if known.is_some_and(|target| target != EVERY_PARTITION && target != self.partition) {
                 continue;
             }
-            let parsed = crate::events::json::parse(&line);
+            let oversize = crate::events::oversize(&line, &self.limits);
+            let parsed = match oversize {
+                Some(_) => Err(crate::events::Rejection::new(crate::events::Reason::Undecodable, "oversize")),
+                None => crate::events::json::parse(&line),
+            };
             let (key, tick) = key_and_tick(self.topic, &parsed);
             // Rates are one partition, read whole by every task.
             let target = if self.topic == Topic::Rates {
@@ -155,9 +190,9 @@ impl Cursor {
             if offset < self.skip_below {
                 continue;
             }
-            let decoded = match parsed {
-                Ok(value) => decode::decode_value(self.topic, &value),
-                Err(rejection) => Decoded { time: None, event: Err(rejection) },
+            let decoded = match oversize {
+                Some(refused) => refused,
+                None => crate::events::decode_parsed(self.topic, parsed, &self.limits),
             };
             let record = InputRecord {
                 topic: self.topic,
@@ -203,10 +238,15 @@ fn key_and_tick<E>(topic: Topic, parsed: &Result<Value, E>) -> (Option<Vec<u8>>,
 /// Each line's partition among `partitions` (ticks: [`EVERY_PARTITION`]),
 /// parsing every line once; the tasks then skip other partitions' lines
 /// without parsing them.
-fn route_lines(path: &Path, topic: Topic, partitions: u32) -> crate::Result<Vec<u32>> {
+fn route_lines(path: &Path, topic: Topic, partitions: u32, limits: &crate::events::Limits) -> crate::Result<Vec<u32>> {
     let mut routes = Vec::new();
     for line in open_lines(path, topic)? {
         let line = without_cr(line.with_context(|| format!("reading {}", path.display()))?);
+        // An oversize line is not parsed: unkeyed, as the cursor takes it.
+        if crate::events::oversize(&line, limits).is_some() {
+            routes.push(route(topic, None, false, partitions).unwrap_or(EVERY_PARTITION));
+            continue;
+        }
         let (key, tick) = key_and_tick(topic, &crate::events::json::parse(&line));
         routes.push(route(topic, key.as_deref(), tick, partitions).unwrap_or(EVERY_PARTITION));
     }
@@ -214,20 +254,68 @@ fn route_lines(path: &Path, topic: Topic, partitions: u32) -> crate::Result<Vec<
 }
 
 pub(crate) struct OutputFiles {
+    paths: Vec<PathBuf>,
     writers: Vec<BufWriter<File>>,
     counts: [u64; 5],
+    /// Bytes written to each file, from its start.
+    lengths: [u64; 5],
 }
+
+/// The output file lengths a batch commit records with the state it writes
+/// (meta column, [`BATCH_OUTPUTS_KEY`]): a resume cuts the files to them,
+/// so outputs of records the state does not cover are not kept twice.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct RecordedOutputs {
+    /// The output directory, resolved.
+    out: PathBuf,
+    /// Byte length of each output file, in [`Stream::ALL`] order.
+    lengths: [u64; 5],
+}
+
+const BATCH_OUTPUTS_KEY: &[u8] = b"batch_outputs";
 
 impl OutputFiles {
     pub(crate) fn create(dir: &Path) -> crate::Result<OutputFiles> {
+        Self::open(dir, None)
+    }
+
+    /// Opens the five output files: new and empty, or (`resume`) cut to the
+    /// recorded lengths and appended to.
+    fn open(dir: &Path, resume: Option<&[u64; 5]>) -> crate::Result<OutputFiles> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating output directory {}", dir.display()))?;
-        let mut writers = Vec::new();
-        for stream in Stream::ALL {
+        let mut files = OutputFiles { paths: Vec::new(), writers: Vec::new(), counts: [0; 5], lengths: [0; 5] };
+        for (index, stream) in Stream::ALL.into_iter().enumerate() {
             let path = dir.join(format!("{}.jsonl", stream.name()));
-            let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
-            writers.push(BufWriter::with_capacity(1 << 20, file));
+            let file = match resume {
+                None => File::create(&path).with_context(|| format!("creating {}", path.display()))?,
+                Some(lengths) => {
+                    let mut file = std::fs::OpenOptions::new()
+                        .write(true)
+                        .create(true)
+                        .truncate(false)
+                        .open(&path)
+                        .with_context(|| format!("opening {}", path.display()))?;
+                    let actual = file.metadata().with_context(|| format!("reading {}", path.display()))?.len();
+                    anyhow::ensure!(
+                        actual >= lengths[index],
+                        "{} holds {actual} bytes but the state directory's last commit covers {}: these are not \
+                         the outputs of this state (give the --out of the run that wrote it, or a fresh --state-dir)",
+                        path.display(),
+                        lengths[index]
+                    );
+                    // Outputs written after the last state commit are
+                    // written again by this run: cut them off.
+                    file.set_len(lengths[index]).with_context(|| format!("truncating {}", path.display()))?;
+                    std::io::Seek::seek(&mut file, std::io::SeekFrom::End(0))
+                        .with_context(|| format!("seeking {}", path.display()))?;
+                    files.lengths[index] = lengths[index];
+                    file
+                }
+            };
+            files.writers.push(BufWriter::with_capacity(1 << 20, file));
+            files.paths.push(path);
         }
-        Ok(OutputFiles { writers, counts: [0; 5] })
+        Ok(files)
     }
 
     /// Writes outputs with their JSON bytes (as [`Task::fold_encoded`] gives them).
@@ -236,61 +324,221 @@ impl OutputFiles {
         for (output, bytes) in outputs.drain(..).zip(encoded.drain(..)) {
             let stream = output.stream() as usize;
             let writer = &mut self.writers[stream];
-            writer.write_all(&bytes)?;
-            writer.write_all(b"\n")?;
+            let written = writer.write_all(&bytes).and_then(|()| writer.write_all(b"\n"));
+            written.with_context(|| format!("writing {}", self.paths[stream].display()))?;
             self.counts[stream] += 1;
+            self.lengths[stream] += bytes.len() as u64 + 1;
+        }
+        Ok(())
+    }
+
+    /// Flushes and fsyncs every file, so what the lengths say is on disk
+    /// before a state commit records them.
+    fn sync(&mut self) -> crate::Result<()> {
+        for (writer, path) in self.writers.iter_mut().zip(&self.paths) {
+            writer.flush().with_context(|| format!("writing {}", path.display()))?;
+            writer.get_ref().sync_data().with_context(|| format!("syncing {}", path.display()))?;
         }
         Ok(())
     }
 
     pub(crate) fn finish(mut self) -> crate::Result<[u64; 5]> {
-        for writer in &mut self.writers {
-            writer.flush()?;
+        for (writer, path) in self.writers.iter_mut().zip(&self.paths) {
+            writer.flush().with_context(|| format!("writing {}", path.display()))?;
         }
         Ok(self.counts)
     }
 }
 
+/// An exclusive lock on an output directory for the length of a run, so two
+/// runs cannot interleave their records in one set of files.
+struct OutLock {
+    _file: File,
+}
+
+impl OutLock {
+    fn take(dir: &Path) -> crate::Result<OutLock> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating output directory {}", dir.display()))?;
+        let path = dir.join(".gpuledger.lock");
+        let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => Ok(OutLock { _file: file }),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                anyhow::bail!("{} is in use by another gpuledger run (lock file {})", dir.display(), path.display())
+            }
+            Err(std::fs::TryLockError::Error(error)) => {
+                Err(error).with_context(|| format!("locking {}", path.display()))
+            }
+        }
+    }
+}
+
+fn add_stats(left: FoldStats, right: FoldStats) -> FoldStats {
+    FoldStats {
+        records: left.records + right.records,
+        usage_accepted: left.usage_accepted + right.usage_accepted,
+        dead_letters: left.dead_letters + right.dead_letters,
+        duplicates_dropped: left.duplicates_dropped + right.duplicates_dropped,
+        ticks: left.ticks + right.ticks,
+    }
+}
+
 pub fn run(options: &BatchOptions) -> crate::Result<BatchSummary> {
     anyhow::ensure!(options.partitions >= 1, "--partitions must be at least 1");
+    let calendar = crate::fold::EARLIEST_REPRESENTABLE_TIME..=crate::fold::LATEST_REPRESENTABLE_TIME;
+    anyhow::ensure!(
+        calendar.contains(&options.fold.earliest_time)
+            && calendar.contains(&options.fold.latest_time)
+            && options.fold.earliest_time <= options.fold.latest_time,
+        "--earliest-time and --latest-time must lie within years 0000 to 9999 (UTC), the earliest first"
+    );
     for (path, topic) in
         [(&options.rates, Topic::Rates), (&options.deals, Topic::Deals), (&options.metering, Topic::Metering)]
     {
         anyhow::ensure!(path.is_file(), "{} input {} is not a readable file", topic.name(), path.display());
     }
+    let _lock = OutLock::take(&options.out)?;
     let mut store: Option<RocksStore> = match &options.state_dir {
         Some(dir) => Some(RocksStore::open(dir)?),
         None => None,
     };
+    // The same --out as the state's last run: cut its files to what the
+    // state covers and append (a crashed or stopped run, resumed). Another
+    // --out: it gets the continuation only, in new files.
+    let out = std::fs::canonicalize(&options.out).with_context(|| format!("resolving {}", options.out.display()))?;
+    let mut resume = None;
     if let Some(store) = store.as_mut() {
         store::check_layout(store, options.partitions)?;
+        if let Some(bytes) = store.get(store::columns::Column::Meta, BATCH_OUTPUTS_KEY)? {
+            let recorded: RecordedOutputs =
+                serde_json::from_slice(&bytes).context("reading the output lengths recorded in the state")?;
+            if recorded.out == out {
+                resume = Some(recorded.lengths);
+            }
+        }
     }
-    let mut files = OutputFiles::create(&options.out)?;
+    let mut files = OutputFiles::open(&options.out, resume.as_ref())?;
     let mut summary = BatchSummary::default();
     let mut all_balances: Vec<Balances> = Vec::new();
     let names = TopicNames::default();
-    let started = Instant::now();
-    let mut last_progress = Instant::now();
+    let mut progress =
+        Progress { started: Instant::now(), last: Instant::now(), records_before: 0, written: 0, commits: 0 };
     // Rates are read whole by every task; deals and metering are split.
     let mut routes: [Option<Rc<Vec<u32>>>; 3] = Default::default();
     if options.partitions > 1 {
         for (path, topic) in [(&options.deals, Topic::Deals), (&options.metering, Topic::Metering)] {
-            routes[topic.index()] = Some(Rc::new(route_lines(path, topic, options.partitions)?));
+            routes[topic.index()] = Some(Rc::new(route_lines(path, topic, options.partitions, &options.fold.limits)?));
         }
     }
     for partition in 0..options.partitions {
-        let state = match store.as_ref() {
+        // A record that fails inside the fold: the task is rebuilt from its
+        // last commit (or its start, without a state directory) and folds
+        // again, the record now an `internal_error` dead letter; outputs
+        // already written are not written twice.
+        let mut poisoned = Vec::new();
+        let mut base = Base::default();
+        let (task, stats, after_until) = loop {
+            let mut attempt = Attempt {
+                options,
+                out: &out,
+                partition,
+                routes: &routes,
+                store: store.as_mut(),
+                files: &mut files,
+                progress: &mut progress,
+                base: &mut base,
+            };
+            match attempt.fold(&poisoned)? {
+                Ok(folded) => break folded,
+                Err(poison) => {
+                    tracing::warn!(partition, error = %poison, "rebuilding the task to dead-letter the record");
+                    poisoned.push(poison);
+                }
+            }
+        };
+        summary.records += stats.records;
+        summary.usage_accepted += stats.usage_accepted;
+        summary.dead_letters += stats.dead_letters;
+        summary.duplicates_dropped += stats.duplicates_dropped;
+        summary.after_until += after_until;
+        summary.startups += task.state().startups.len();
+        progress.records_before += stats.records;
+        for startup in task.state().startups.keys() {
+            all_balances.push(task.balances(startup, &names).expect("listed start-up"));
+        }
+    }
+    summary.outputs = files.finish()?;
+    all_balances.sort_by(|left, right| left.startup.cmp(&right.startup));
+    write_balances(&options.out.join("balances.json"), &all_balances)?;
+    Ok(summary)
+}
+
+/// Where a task's folding starts again after a rebuild: the stats and the
+/// `--until` count of what its last commit covers (zero without a state
+/// directory: then it starts again from the start), and how many records
+/// were folded since (their outputs are written already).
+#[derive(Clone, Copy, Debug, Default)]
+struct Base {
+    stats: FoldStats,
+    after_until: u64,
+    folded_since: u64,
+}
+
+struct Progress {
+    started: Instant,
+    last: Instant,
+    records_before: u64,
+    /// Records written and commits made in this run, for injected crashes.
+    written: u64,
+    commits: u64,
+}
+
+/// What a task's folding came to: the task, its stats in this run, and how
+/// many records `--until` left out.
+type Folded = (Task, FoldStats, u64);
+
+/// One attempt at folding one task's inputs from its base.
+struct Attempt<'a> {
+    options: &'a BatchOptions,
+    /// The output directory, resolved, as the state records it.
+    out: &'a Path,
+    partition: u32,
+    routes: &'a [Option<Rc<Vec<u32>>>; 3],
+    store: Option<&'a mut RocksStore>,
+    files: &'a mut OutputFiles,
+    progress: &'a mut Progress,
+    base: &'a mut Base,
+}
+
+impl Attempt<'_> {
+    /// Folds the task to the end of its inputs, or stops at the record that
+    /// failed inside the fold.
+    fn fold(&mut self, poisoned: &[Poisoned]) -> crate::Result<Result<Folded, Poisoned>> {
+        let (options, partition) = (self.options, self.partition);
+        let state = match self.store.as_deref() {
             Some(store) => store::load_task(store, partition)?,
             None => crate::fold::state::TaskState { partition, ..Default::default() },
         };
         let paths = [&options.rates, &options.deals, &options.metering];
         let mut cursors = Vec::with_capacity(3);
         for topic in Topic::ALL {
-            let skip = state.offsets[topic.index()];
-            let routes = routes[topic.index()].clone();
-            cursors.push(Cursor::open(paths[topic.index()], topic, partition, options.partitions, skip, routes)?);
+            cursors.push(Cursor::open(
+                paths[topic.index()],
+                topic,
+                partition,
+                options.partitions,
+                state.offsets[topic.index()],
+                self.routes[topic.index()].clone(),
+                options.fold.limits,
+            )?);
         }
-        let mut task = Task::new(options.fold, state);
+        let mut task = Task::new(options.fold.clone(), state);
+        for poison in poisoned {
+            task.poison(poison);
+        }
+        let start = *self.base;
+        let mut to_skip = start.folded_since;
+        let mut after_until = 0;
         let mut outputs = Vec::with_capacity(1024);
         let mut encoded = Vec::with_capacity(1024);
         let mut since_commit = 0u64;
@@ -307,67 +555,93 @@ pub fn run(options: &BatchOptions) -> crate::Result<BatchSummary> {
             let (record, decoded) = cursors[topic.index()].head.take().expect("chosen input has a head");
             if let Some(until) = options.until {
                 if decoded.time.is_none_or(|time| time > until) {
-                    summary.after_until += 1;
+                    after_until += 1;
                     continue;
                 }
             }
-            task.fold_encoded(&record, decoded, &mut outputs, &mut encoded);
-            files.write(&mut outputs, &mut encoded)?;
+            if let Err(poison) = task.fold_encoded(&record, decoded, &mut outputs, &mut encoded) {
+                return Ok(Err(poison));
+            }
+            if to_skip > 0 {
+                // Folded again after a rebuild: written before.
+                to_skip -= 1;
+                outputs.clear();
+                encoded.clear();
+            } else {
+                self.files.write(&mut outputs, &mut encoded)?;
+                self.base.folded_since += 1;
+                self.progress.written += 1;
+                if options.inject_crash == Some(CrashPoint::AfterRecord(self.progress.written)) {
+                    std::process::abort();
+                }
+            }
             since_commit += 1;
             if since_commit >= options.commit_every {
-                commit(store.as_mut(), &mut task)?;
+                self.commit(&mut task, &start, after_until)?;
                 since_commit = 0;
             }
-            if last_progress.elapsed().as_secs() >= 5 {
-                last_progress = Instant::now();
-                let records = summary.records + task.stats().records;
+            if self.progress.last.elapsed().as_secs() >= 5 {
+                self.progress.last = Instant::now();
+                let records = self.progress.records_before + start.stats.records + task.stats().records;
                 tracing::info!(
                     partition,
                     records,
-                    records_per_second = (records as f64 / started.elapsed().as_secs_f64()) as u64,
+                    records_per_second = (records as f64 / self.progress.started.elapsed().as_secs_f64()) as u64,
                     "folding"
                 );
             }
         }
-        commit(store.as_mut(), &mut task)?;
-        let stats = task.stats();
-        summary.records += stats.records;
-        summary.usage_accepted += stats.usage_accepted;
-        summary.dead_letters += stats.dead_letters;
-        summary.duplicates_dropped += stats.duplicates_dropped;
-        summary.startups += task.state().startups.len();
-        for startup in task.state().startups.keys() {
-            all_balances.push(task.balances(startup, &names).expect("listed start-up"));
-        }
+        self.commit(&mut task, &start, after_until)?;
+        let stats = add_stats(start.stats, task.stats());
+        Ok(Ok((task, stats, start.after_until + after_until)))
     }
-    summary.outputs = files.finish()?;
-    all_balances.sort_by(|left, right| left.startup.cmp(&right.startup));
-    write_balances(&options.out.join("balances.json"), &all_balances)?;
-    Ok(summary)
-}
 
-fn commit(store: Option<&mut RocksStore>, task: &mut Task) -> crate::Result<()> {
-    let changes = task.take_changes();
-    if let Some(store) = store {
-        if !changes.is_empty() {
-            store.write(store::commit_ops(task.state(), &changes))?;
+    /// Persists the task's changes with a state directory: the outputs so
+    /// far are synced first and their lengths written with the state, so the
+    /// state never covers outputs that are not on disk; the base moves here.
+    fn commit(&mut self, task: &mut Task, start: &Base, after_until: u64) -> crate::Result<()> {
+        let changes = task.take_changes();
+        let Some(store) = self.store.as_deref_mut() else { return Ok(()) };
+        self.files.sync()?;
+        self.progress.commits += 1;
+        if self.options.inject_crash == Some(CrashPoint::InCommit(self.progress.commits)) {
+            std::process::abort();
         }
+        let mut ops = store::commit_ops(task.state(), &changes);
+        let recorded = RecordedOutputs { out: self.out.to_owned(), lengths: self.files.lengths };
+        ops.push(store::Op {
+            column: store::columns::Column::Meta,
+            key: BATCH_OUTPUTS_KEY.to_vec(),
+            value: Some(serde_json::to_vec(&recorded)?),
+        });
+        store.write(ops)?;
+        *self.base = Base {
+            stats: add_stats(start.stats, task.stats()),
+            after_until: start.after_until + after_until,
+            folded_since: 0,
+        };
+        Ok(())
     }
-    Ok(())
 }
 
 /// `balances.json`: a JSON array, one start-up per line, sorted by start-up.
 pub fn write_balances(path: &Path, balances: &[Balances]) -> crate::Result<()> {
-    let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    // Written aside and renamed: a crash leaves the old file or the new one.
+    let partial = path.with_extension("json.partial");
+    let file = File::create(&partial).with_context(|| format!("creating {}", partial.display()))?;
     let mut writer = BufWriter::new(file);
-    writer.write_all(b"[")?;
-    for (index, balance) in balances.iter().enumerate() {
-        writer.write_all(if index == 0 { b"\n" } else { b",\n" })?;
-        serde_json::to_writer(&mut writer, balance)?;
-    }
-    writer.write_all(b"\n]\n")?;
-    writer.flush()?;
-    Ok(())
+    let mut write = || -> std::io::Result<()> {
+        writer.write_all(b"[")?;
+        for (index, balance) in balances.iter().enumerate() {
+            writer.write_all(if index == 0 { b"\n" } else { b",\n" })?;
+            serde_json::to_writer(&mut writer, balance)?;
+        }
+        writer.write_all(b"\n]\n")?;
+        writer.flush()?;
+        writer.get_ref().sync_data()
+    };
+    write().with_context(|| format!("writing {}", partial.display()))?;
+    std::fs::rename(&partial, path).with_context(|| format!("renaming {} to {}", partial.display(), path.display()))
 }
 
 pub fn read_balances(path: &Path) -> crate::Result<Vec<Balances>> {
@@ -383,7 +657,7 @@ pub fn balance_table(balances: &[Balances]) -> String {
         let text = units.unsigned_abs().to_string();
         let mut grouped = String::new();
         for (index, digit) in text.chars().enumerate() {
-            if index > 0 && (text.len() - index) % 3 == 0 {
+            if index > 0 && (text.len() - index).is_multiple_of(3) {
                 grouped.push(',');
             }
             grouped.push(digit);

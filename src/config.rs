@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context as _};
 use serde::Deserialize;
 
-use crate::fold::FoldConfig;
+use crate::fold::{FoldConfig, EARLIEST_REPRESENTABLE_TIME, LATEST_REPRESENTABLE_TIME};
 use crate::units::{Millis, DAY_MS, HOUR_MS, MINUTE_MS, SECOND_MS};
 
 /// The file as written; every field optional so layers can merge.
@@ -34,6 +34,8 @@ pub struct RawConfig {
     pub ledger: RawLedger,
     #[serde(default)]
     pub clock: RawClock,
+    #[serde(default)]
+    pub limits: RawLimits,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -77,6 +79,10 @@ pub struct RawProcessor {
     /// Fault injection for tests: abort every Nth transaction after its
     /// records were sent (0, the default, never).
     pub inject_abort_every: Option<u64>,
+    /// Fault injection for tests: `TOPIC:OFFSET` (`rates`, `deals` or
+    /// `metering`): the fold panics after that record, to show that it is
+    /// dead-lettered as `internal_error` and the task goes on.
+    pub inject_panic_at: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -86,6 +92,22 @@ pub struct RawLedger {
     pub expiry_grace: Option<String>,
     pub close_grace: Option<String>,
     pub max_future: Option<String>,
+    /// Accepted calendar of event times (RFC 3339, inclusive).
+    pub earliest_time: Option<String>,
+    pub latest_time: Option<String>,
+    /// Tick sources accepted (unset: any).
+    pub tick_sources: Option<Vec<String>>,
+    /// Largest step of a tick past the task's latest tick (unset: any).
+    pub max_tick_jump: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub max_record_bytes: Option<u64>,
+    pub max_json_depth: Option<u64>,
+    pub max_string_bytes: Option<u64>,
+    pub dead_letter_value_bytes: Option<u64>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -171,9 +193,57 @@ pub fn parse_duration(text: &str) -> Result<Millis, String> {
     number.checked_mul(unit_ms).ok_or_else(|| format!("{text:?} is too long"))
 }
 
-/// Whether a librdkafka property holds a secret (its value is never shown).
+/// `TOPIC:OFFSET` with TOPIC one of `rates`, `deals`, `metering`.
+pub fn parse_record_position(text: &str) -> Result<(crate::events::Topic, i64), String> {
+    use crate::events::Topic;
+    let (topic, offset) = text.split_once(':').ok_or_else(|| format!("{text:?} is not TOPIC:OFFSET"))?;
+    let topic = Topic::ALL
+        .into_iter()
+        .find(|candidate| candidate.name() == topic)
+        .ok_or_else(|| format!("{topic:?} is not rates, deals or metering"))?;
+    let offset = offset.parse().map_err(|_| format!("{offset:?} is not an offset"))?;
+    Ok((topic, offset))
+}
+
+/// Whether a librdkafka property holds a secret (its value is never shown):
+/// passwords, keys, tokens, and the configs that embed them
+/// (`sasl.oauthbearer.config` carries a client secret, `sasl.jaas.config` a
+/// password).
 pub fn is_secret(property: &str) -> bool {
-    ["password", "secret", "key", "token", "credentials"].iter().any(|word| property.contains(word))
+    ["password", "secret", "key", "token", "credentials", "oauthbearer.config", "jaas"]
+        .iter()
+        .any(|word| property.contains(word))
+}
+
+/// Values of secret properties of every configuration loaded, so text
+/// that may echo them (a librdkafka error names the value it refused) is
+/// shown through [`redact`].
+static SECRETS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+fn remember_secret(value: &str) {
+    let mut secrets = SECRETS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    // The whole value, and each of its parts (`clientSecret=abc scope=x`).
+    let parts = value.split(|c: char| c.is_whitespace() || c == ',' || c == '=' || c == ';' || c == '"');
+    for part in std::iter::once(value).chain(parts) {
+        if part.len() >= 4 && !secrets.iter().any(|known| known == part) {
+            secrets.push(part.to_owned());
+        }
+    }
+    // Longest first, so a part never leaves the rest of a longer value.
+    secrets.sort_by_key(|secret| std::cmp::Reverse(secret.len()));
+}
+
+/// `text` with every secret value of the loaded configurations replaced
+/// by `***`.
+pub fn redact(text: &str) -> String {
+    let secrets = SECRETS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut text = text.to_owned();
+    for secret in secrets.iter() {
+        if text.contains(secret.as_str()) {
+            text = text.replace(secret.as_str(), "***");
+        }
+    }
+    text
 }
 
 impl Config {
@@ -224,6 +294,13 @@ impl Config {
             expiry_grace: duration("ledger.expiry_grace", raw.ledger.expiry_grace.as_ref(), defaults.expiry_grace, 0),
             close_grace: duration("ledger.close_grace", raw.ledger.close_grace.as_ref(), defaults.close_grace, 0),
             max_future: duration("ledger.max_future", raw.ledger.max_future.as_ref(), defaults.max_future, 0),
+            max_tick_jump: raw
+                .ledger
+                .max_tick_jump
+                .as_ref()
+                .map(|jump| duration("ledger.max_tick_jump", Some(jump), 0, SECOND_MS)),
+            tick_sources: raw.ledger.tick_sources.clone().map(std::sync::Arc::from),
+            ..defaults.clone()
         };
         let commit_interval = duration("processor.commit_interval", raw.processor.commit_interval.as_ref(), 100, 1);
         let tick_interval = match raw.clock.tick_interval.as_deref() {
@@ -238,12 +315,76 @@ impl Config {
                 OutputFormat::Json
             }
         };
+        let mut fold = fold;
+        let mut instant = |name: &str, value: Option<&String>, default: Millis| match value {
+            None => default,
+            Some(text) => match crate::units::parse_rfc3339(text) {
+                Some(time) if (EARLIEST_REPRESENTABLE_TIME..=LATEST_REPRESENTABLE_TIME).contains(&time) => time,
+                Some(_) => {
+                    problems.push(format!("{name} must lie within years 0000 to 9999 (UTC), not {text:?}"));
+                    default
+                }
+                None => {
+                    problems.push(format!("{name} is not an RFC 3339 time: {text:?}"));
+                    default
+                }
+            },
+        };
+        fold.earliest_time = instant("ledger.earliest_time", raw.ledger.earliest_time.as_ref(), defaults.earliest_time);
+        fold.latest_time = instant("ledger.latest_time", raw.ledger.latest_time.as_ref(), defaults.latest_time);
+        if fold.earliest_time > fold.latest_time {
+            problems.push("ledger.earliest_time must not be after ledger.latest_time".to_owned());
+        }
+        if raw.ledger.tick_sources.as_ref().is_some_and(Vec::is_empty) {
+            problems.push("ledger.tick_sources must name at least one source (leave it unset to accept any)".into());
+        }
+        if let Some(text) = &raw.processor.inject_panic_at {
+            match parse_record_position(text) {
+                Ok(position) => fold.inject_panic_at = Some(position),
+                Err(error) => problems.push(format!("processor.inject_panic_at: {error}")),
+            }
+        }
+        let mut limit = |name: &str, value: Option<u64>, default: usize, minimum: usize| match value {
+            None => default,
+            Some(value) if value as usize >= minimum => value as usize,
+            Some(_) => {
+                problems.push(format!("limits.{name} must be at least {minimum}"));
+                default
+            }
+        };
+        let limit_defaults = crate::events::Limits::default();
+        fold.limits = crate::events::Limits {
+            max_record_bytes: limit(
+                "max_record_bytes",
+                raw.limits.max_record_bytes,
+                limit_defaults.max_record_bytes,
+                1024,
+            ),
+            max_json_depth: limit("max_json_depth", raw.limits.max_json_depth, limit_defaults.max_json_depth, 3),
+            max_string_bytes: limit(
+                "max_string_bytes",
+                raw.limits.max_string_bytes,
+                limit_defaults.max_string_bytes,
+                64,
+            ),
+            dead_letter_value_bytes: limit(
+                "dead_letter_value_bytes",
+                raw.limits.dead_letter_value_bytes,
+                limit_defaults.dead_letter_value_bytes,
+                0,
+            ),
+        };
         let bootstrap_servers = raw.kafka.bootstrap_servers.clone().unwrap_or_default();
         if bootstrap_servers.trim().is_empty() {
             problems.push(
                 "kafka.bootstrap_servers is not set (config file, GPULEDGER_KAFKA__BOOTSTRAP_SERVERS or --bootstrap-servers)"
                     .to_owned(),
             );
+        }
+        for (property, value) in &raw.kafka.properties {
+            if is_secret(property) {
+                remember_secret(value);
+            }
         }
         for property in raw.kafka.properties.keys() {
             if ["bootstrap.servers", "group.id", "transactional.id", "enable.auto.commit", "isolation.level"]
@@ -357,6 +498,7 @@ fn apply_environment(raw: &mut RawConfig, environment: &BTreeMap<String, String>
             ["processor", "state_dir"] => raw.processor.state_dir = value.map(PathBuf::from),
             ["processor", "commit_interval"] => raw.processor.commit_interval = value,
             ["processor", "output_format"] => raw.processor.output_format = value,
+            ["processor", "inject_panic_at"] => raw.processor.inject_panic_at = value,
             ["processor", "inject_abort_every"] => match text.parse() {
                 Ok(every) => raw.processor.inject_abort_every = Some(every),
                 Err(_) => problems.push(format!("{name} must be a whole number, not {text:?}")),
@@ -365,6 +507,27 @@ fn apply_environment(raw: &mut RawConfig, environment: &BTreeMap<String, String>
             ["ledger", "expiry_grace"] => raw.ledger.expiry_grace = value,
             ["ledger", "close_grace"] => raw.ledger.close_grace = value,
             ["ledger", "max_future"] => raw.ledger.max_future = value,
+            ["ledger", "earliest_time"] => raw.ledger.earliest_time = value,
+            ["ledger", "latest_time"] => raw.ledger.latest_time = value,
+            ["ledger", "max_tick_jump"] => raw.ledger.max_tick_jump = value,
+            ["ledger", "tick_sources"] => {
+                raw.ledger.tick_sources = Some(
+                    text.split(',').map(str::trim).filter(|source| !source.is_empty()).map(str::to_owned).collect(),
+                )
+            }
+            ["limits", limit] => {
+                let Ok(number) = text.parse::<u64>() else {
+                    problems.push(format!("{name} must be a whole number, not {text:?}"));
+                    continue;
+                };
+                match *limit {
+                    "max_record_bytes" => raw.limits.max_record_bytes = Some(number),
+                    "max_json_depth" => raw.limits.max_json_depth = Some(number),
+                    "max_string_bytes" => raw.limits.max_string_bytes = Some(number),
+                    "dead_letter_value_bytes" => raw.limits.dead_letter_value_bytes = Some(number),
+                    _ => problems.push(format!("{name} is not a gpuledger setting")),
+                }
+            }
             ["clock", "tick_interval"] => raw.clock.tick_interval = value,
             ["topics", topic] => {
                 let slot = match *topic {
@@ -451,5 +614,67 @@ mod tests {
         let mut raw = RawConfig::default();
         let error = apply_environment(&mut raw, &env(&[("GPULEDGER_KAFKA__BOOTSTRAP", "x")])).unwrap_err();
         assert!(error.to_string().contains("GPULEDGER_KAFKA__BOOTSTRAP is not a gpuledger setting"));
+    }
+
+    #[test]
+    fn the_shipped_config_is_valid_and_sets_the_guards() {
+        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/gpuledger.toml");
+        let config = Config::load(Some(&file), &BTreeMap::new(), &Overrides::default()).unwrap();
+        assert_eq!(config.fold.earliest_time, 0);
+        assert_eq!(config.fold.latest_time, crate::fold::LATEST_REPRESENTABLE_TIME);
+        assert_eq!(config.fold.limits, crate::events::Limits::default());
+        let environment = env(&[
+            ("GPULEDGER_LEDGER__TICK_SOURCES", "sched, gpuledger:clock"),
+            ("GPULEDGER_LEDGER__MAX_TICK_JUMP", "2h"),
+            ("GPULEDGER_LEDGER__EARLIEST_TIME", "2017-01-01T00:00:00Z"),
+            ("GPULEDGER_LIMITS__DEAD_LETTER_VALUE_BYTES", "4096"),
+            ("GPULEDGER_PROCESSOR__INJECT_PANIC_AT", "metering:7"),
+        ]);
+        let config = Config::load(Some(&file), &environment, &Overrides::default()).unwrap();
+        assert_eq!(config.fold.tick_sources.as_deref(), Some(&["sched".to_owned(), "gpuledger:clock".to_owned()][..]));
+        assert_eq!(config.fold.max_tick_jump, Some(2 * HOUR_MS));
+        assert_eq!(config.fold.earliest_time, crate::units::parse_rfc3339("2017-01-01T00:00:00Z").unwrap());
+        assert_eq!(config.fold.limits.dead_letter_value_bytes, 4096);
+        assert_eq!(config.fold.inject_panic_at, Some((crate::events::Topic::Metering, 7)));
+    }
+
+    #[test]
+    fn bad_guards_and_limits_are_reported() {
+        let raw: RawConfig = toml::from_str(
+            "[kafka]\nbootstrap_servers = \"b:9092\"\n[ledger]\nearliest_time = \"-0001-01-01T00:00:00Z\"\n\
+             latest_time = \"1960-01-01T00:00:00Z\"\ntick_sources = []\nmax_tick_jump = \"1ms\"\n\
+             [limits]\nmax_record_bytes = 10\n",
+        )
+        .unwrap();
+        let error = Config::validate(raw).unwrap_err().to_string();
+        for expected in [
+            "ledger.earliest_time is not an RFC 3339 time",
+            "ledger.earliest_time must not be after ledger.latest_time",
+            "ledger.tick_sources must name at least one source",
+            "ledger.max_tick_jump must be at least",
+            "limits.max_record_bytes must be at least 1024",
+        ] {
+            assert!(error.contains(expected), "{expected} missing from: {error}");
+        }
+    }
+
+    #[test]
+    fn secret_values_are_redacted_from_any_text() {
+        assert!(is_secret("sasl.oauthbearer.config"));
+        assert!(is_secret("ssl.key.password"));
+        assert!(!is_secret("security.protocol"));
+        let raw: RawConfig = toml::from_str(
+            "[kafka]\nbootstrap_servers = \"b:9092\"\n[kafka.properties]\n\
+             \"sasl.oauthbearer.config\" = \"clientId=app clientSecret=s3cr3t-value scope=all\"\n\
+             \"ssl.key.password\" = \"pa55word\"\n",
+        )
+        .unwrap();
+        let config = Config::validate(raw).unwrap();
+        assert!(!config.describe().contains("s3cr3t-value"));
+        // A client's error echoing a value (as librdkafka's do) is redacted.
+        let echoed = "Client creation error: Invalid value \"pa55word\" for property ssl.key.password; clientSecret=s3cr3t-value";
+        let shown = redact(echoed);
+        assert!(!shown.contains("pa55word") && !shown.contains("s3cr3t-value"), "{shown}");
+        assert!(shown.contains("ssl.key.password"));
     }
 }

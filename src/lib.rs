@@ -20,14 +20,18 @@
 //! - [`audit`]: the invariants of spec §11 over an output directory;
 //! - [`gen`]: the workload generator over the Philly GPU trace.
 
+#[cfg(feature = "io")]
 pub mod audit;
+#[cfg(feature = "io")]
 pub mod batch;
 pub mod config;
 pub mod events;
 pub mod fold;
 pub mod gen;
+#[cfg(feature = "io")]
 pub mod kafka;
 pub mod partitioner;
+#[cfg(feature = "io")]
 pub mod progress;
 pub mod records;
 pub mod store;

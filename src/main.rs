@@ -235,6 +235,27 @@ struct FoldArgs {
     close_grace: Millis,
     #[arg(long, default_value = "24h", value_parser = parse_duration)]
     max_future: Millis,
+    /// Earliest accepted event time (RFC 3339); earlier is `invalid_field`.
+    #[arg(long, default_value = "1970-01-01T00:00:00Z", value_parser = parse_time)]
+    earliest_time: Millis,
+    /// Latest accepted event time (RFC 3339, at most 9999-12-31T23:59:59.999Z).
+    #[arg(long, default_value = "9999-12-31T23:59:59.999Z", value_parser = parse_time)]
+    latest_time: Millis,
+    /// Accept ticks only from these sources (comma-separated; default any).
+    #[arg(long, value_delimiter = ',')]
+    tick_sources: Option<Vec<String>>,
+    /// Refuse a tick more than this past the task's latest tick (default unlimited).
+    #[arg(long, value_parser = parse_duration)]
+    max_tick_jump: Option<Millis>,
+    /// Keep at most this many bytes of a refused value in its dead letter.
+    #[arg(long, default_value_t = gpuledger::events::Limits::default().dead_letter_value_bytes)]
+    dead_letter_value_bytes: usize,
+    /// Fault injection for tests: panic after folding TOPIC:OFFSET.
+    #[arg(long, hide = true, value_parser = gpuledger::config::parse_record_position)]
+    inject_panic_at: Option<(gpuledger::events::Topic, i64)>,
+    /// Fault injection for tests: abort the process at record:N or commit:N.
+    #[arg(long, hide = true)]
+    inject_crash: Option<gpuledger::batch::CrashPoint>,
     /// Records folded between two commits to the state directory.
     #[arg(long, default_value_t = 50_000)]
     commit_every: u64,
@@ -258,7 +279,8 @@ fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            // A client's error may echo a property's value: never a secret.
+            eprintln!("error: {}", gpuledger::config::redact(&format!("{error:#}")));
             ExitCode::FAILURE
         }
     }
@@ -279,9 +301,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     expiry_grace: args.expiry_grace,
                     close_grace: args.close_grace,
                     max_future: args.max_future,
+                    earliest_time: args.earliest_time,
+                    latest_time: args.latest_time,
+                    tick_sources: args.tick_sources.map(std::sync::Arc::from),
+                    max_tick_jump: args.max_tick_jump,
+                    limits: gpuledger::events::Limits {
+                        dead_letter_value_bytes: args.dead_letter_value_bytes,
+                        ..gpuledger::events::Limits::default()
+                    },
+                    inject_panic_at: args.inject_panic_at,
                 },
                 commit_every: args.commit_every.max(1),
                 until: args.until,
+                inject_crash: args.inject_crash,
             };
             let started = std::time::Instant::now();
             let summary = gpuledger::batch::run(&options)?;

@@ -198,6 +198,20 @@ pub struct DeadLetter {
     pub topic: String,
     pub partition: u32,
     pub offset: i64,
+    /// When the key was cut to its first bytes: its full length and SHA-256.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_length: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_sha256: Option<String>,
+    /// When the value was cut to a prefix (`limits.dead_letter_value_bytes`):
+    /// its full length and lowercase hex SHA-256.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_length: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_sha256: Option<String>,
+    /// Headers left out once their bytes passed the dead letter's budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers_dropped: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

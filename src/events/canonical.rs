@@ -100,9 +100,6 @@ pub fn exact_decimal(text: &str) -> String {
         Some(position) => (&unsigned[..position], &unsigned[position + 1..]),
         None => (unsigned, "0"),
     };
-    // JSON exponents are bounded by what serde_json accepts; i128 keeps the
-    // arithmetic exact for any exponent text it lets through.
-    let exponent: i128 = exponent_text.trim_start_matches('+').parse().unwrap_or(0);
     let (integer_part, fraction_part) = match mantissa.find('.') {
         Some(position) => (&mantissa[..position], &mantissa[position + 1..]),
         None => (mantissa, ""),
@@ -113,9 +110,66 @@ pub fn exact_decimal(text: &str) -> String {
     if significant.is_empty() {
         return "0".to_owned();
     }
-    // value = 0.significant × 10^(integer_len - leading_zeros + exponent)
-    let point = integer_part.len() as i128 - leading_zeros as i128 + exponent;
+    // value = 0.significant × 10^(integer_len - leading_zeros + exponent).
+    // The shift is bounded by the text's length; the exponent is not (JSON
+    // puts no limit on its digits), so it is added exactly, as decimal text.
+    let shift = integer_part.len() as i128 - leading_zeros as i128;
+    let point = add_to_decimal(exponent_text, shift);
     format!("{}{significant}e{point}", if negative { "-" } else { "" })
+}
+
+/// `exponent + shift` as canonical decimal text (no `+`, no leading zeros,
+/// `0` for zero), exact for an exponent of any length.
+fn add_to_decimal(exponent: &str, shift: i128) -> String {
+    let (negative, digits) = match exponent.as_bytes().first() {
+        Some(b'-') => (true, &exponent[1..]),
+        Some(b'+') => (false, &exponent[1..]),
+        _ => (false, exponent),
+    };
+    let digits = digits.trim_start_matches('0');
+    // Up to 30 digits the sum fits i128 with room to spare (|shift| is at
+    // most the length of the number's text).
+    if digits.len() <= 30 {
+        let magnitude: i128 = if digits.is_empty() { 0 } else { digits.parse().unwrap_or(0) };
+        let value = if negative { -magnitude } else { magnitude };
+        return (value + shift).to_string();
+    }
+    // Longer: |exponent| >= 10^30 > |shift|, so the sign is the exponent's
+    // and the magnitude moves by |shift| towards or away from zero.
+    let towards_zero = negative == (shift > 0);
+    let mut magnitude: Vec<u8> = digits.bytes().map(|digit| digit - b'0').collect();
+    let mut carry = shift.unsigned_abs();
+    for digit in magnitude.iter_mut().rev() {
+        if carry == 0 {
+            break;
+        }
+        let step = (carry % 10) as u8;
+        carry /= 10;
+        if towards_zero {
+            if *digit >= step {
+                *digit -= step;
+            } else {
+                *digit = *digit + 10 - step;
+                carry += 1;
+            }
+        } else {
+            let sum = *digit + step;
+            *digit = sum % 10;
+            carry += u128::from(sum / 10);
+        }
+    }
+    let mut text = String::with_capacity(magnitude.len() + 2);
+    if negative {
+        text.push('-');
+    }
+    let body: String = magnitude.iter().map(|digit| char::from(b'0' + digit)).collect();
+    if carry > 0 {
+        text.push_str(&carry.to_string());
+        text.push_str(&body);
+    } else {
+        text.push_str(body.trim_start_matches('0'));
+    }
+    text
 }
 
 #[cfg(test)]
@@ -159,5 +213,26 @@ mod tests {
         assert_ne!(digest(&parse(r#"{"a":1,"b":null}"#)), digest(&parse(r#"{"a":1}"#)));
         assert_ne!(digest(&parse(r#"{"a":"1"}"#)), digest(&parse(r#"{"a":1}"#)));
         assert_ne!(digest(&parse(r#"["a","b"]"#)), digest(&parse(r#"["b","a"]"#)));
+    }
+
+    #[test]
+    fn exponents_of_any_length_compare_exactly() {
+        // Near i128::MAX: no overflow, and exact.
+        let huge = "1e170141183460469231731687303715884105727";
+        assert_eq!(exact_decimal(huge), "1e170141183460469231731687303715884105728");
+        assert_eq!(
+            exact_decimal("-0.01e-170141183460469231731687303715884105729"),
+            "-1e-170141183460469231731687303715884105730"
+        );
+        // Too long for i128: still exact, never read as 0.
+        let long = format!("1e{}", "9".repeat(42));
+        assert_ne!(exact_decimal(&long), exact_decimal("1"));
+        assert_eq!(exact_decimal(&long), format!("1e1{}", "0".repeat(42)));
+        assert_eq!(exact_decimal(&format!("10e{}", "9".repeat(42))), format!("1e1{}1", "0".repeat(41)));
+        assert_eq!(exact_decimal(&format!("100e-1{}", "0".repeat(40))), format!("1e-{}7", "9".repeat(39)));
+        assert_eq!(exact_decimal(&format!("1e+000{}", "5".repeat(35))), format!("1e{}6", "5".repeat(34)));
+        // A digest of an event carrying one does not panic, and differs.
+        let value = parse(&format!(r#"{{"ext":{huge},"data":{{"x":1e{}}}}}"#, "7".repeat(60)));
+        assert_ne!(digest(&value), digest(&parse(r#"{"ext":1,"data":{"x":1}}"#)));
     }
 }

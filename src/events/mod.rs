@@ -72,10 +72,31 @@ pub enum Reason {
     CurrencyMismatch,
     OverCommitment,
     InvalidTransition,
+    /// The processor failed deciding the record (a defect, not a rule):
+    /// the state is as if the record had not been taken (spec §5, v1.1).
+    InternalError,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 13] = [
+    pub const ALL: [Reason; 14] = [
+        Reason::Undecodable,
+        Reason::SchemaViolation,
+        Reason::UnknownType,
+        Reason::InvalidField,
+        Reason::TooOld,
+        Reason::ConflictingDuplicate,
+        Reason::NoRate,
+        Reason::UnknownDeal,
+        Reason::UnknownGrant,
+        Reason::DuplicateGrant,
+        Reason::CurrencyMismatch,
+        Reason::OverCommitment,
+        Reason::InvalidTransition,
+        Reason::InternalError,
+    ];
+
+    /// The reasons an input itself can earn (all but `internal_error`).
+    pub const OF_INPUT: [Reason; 13] = [
         Reason::Undecodable,
         Reason::SchemaViolation,
         Reason::UnknownType,
@@ -106,6 +127,7 @@ impl Reason {
             Reason::CurrencyMismatch => "currency_mismatch",
             Reason::OverCommitment => "over_commitment",
             Reason::InvalidTransition => "invalid_transition",
+            Reason::InternalError => "internal_error",
         }
     }
 }
@@ -269,6 +291,26 @@ pub struct Event {
 }
 
 impl Event {
+    /// Every time the event carries, by field name: `time` first, then
+    /// those of its data (no allocation: it is checked for every event).
+    pub fn times(&self) -> [Option<(&'static str, Millis)>; 3] {
+        let time = Some(("time", self.time));
+        match &self.payload {
+            Payload::CreditGranted(grant) => [
+                time,
+                Some(("data.effective_at", grant.effective_at)),
+                grant.expires_at.map(|expires_at| ("data.expires_at", expires_at)),
+            ],
+            Payload::GrantExtended { expires_at, .. } => [time, Some(("data.expires_at", *expires_at)), None],
+            Payload::RatePublished(rate) => [time, Some(("data.effective_from", rate.effective_from)), None],
+            Payload::GpuUsage(usage) => {
+                [time, Some(("data.started_at", usage.started_at)), Some(("data.ended_at", usage.ended_at))]
+            }
+            Payload::DealSigned(_) | Payload::GrantRevoked { .. } | Payload::DealCancelled { .. } => [time, None, None],
+            Payload::ClockTick => [time, None, None],
+        }
+    }
+
     /// The start-up of a deal or usage event (empty for rates and ticks).
     pub fn startup(&self) -> &str {
         self.subject.as_deref().unwrap_or("")
@@ -283,13 +325,102 @@ pub struct Decoded {
     pub event: Result<Event, Rejection>,
 }
 
+/// Bounds on what the decoder reads (config `[limits]`): a record beyond
+/// them is refused before it can cost memory or time downstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// A larger record is `undecodable` (not parsed at all).
+    pub max_record_bytes: usize,
+    /// Deeper JSON (objects and arrays in each other) is `undecodable`.
+    pub max_json_depth: usize,
+    /// An event with a longer string (key or value) is `invalid_field`.
+    pub max_string_bytes: usize,
+    /// A dead letter keeps at most this many bytes of the original value
+    /// (then also its full length and SHA-256), so it always fits.
+    pub dead_letter_value_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_record_bytes: 1 << 20,
+            max_json_depth: 64,
+            max_string_bytes: 64 << 10,
+            dead_letter_value_bytes: 64 << 10,
+        }
+    }
+}
+
 /// Decodes a record's value, sniffing the wire format: Avro single-object
 /// encoding starts with `C3 01`, the Confluent wire format with a zero byte,
 /// anything else is taken as JSON.
-pub fn decode_record(topic: Topic, value: &[u8], registry: &avro::SchemaRegistry) -> Decoded {
+pub fn decode_record(topic: Topic, value: &[u8], registry: &avro::SchemaRegistry, limits: &Limits) -> Decoded {
+    if let Some(refused) = oversize(value, limits) {
+        return refused;
+    }
     let parsed = if avro::is_avro(value) { registry.to_cloudevent(value) } else { json::parse(value) };
-    match parsed {
-        Ok(cloudevent) => decode::decode_value(topic, &cloudevent),
-        Err(rejection) => Decoded { time: None, event: Err(rejection) },
+    decode_parsed(topic, parsed, limits)
+}
+
+/// The size check of [`decode_record`], for callers that parse themselves.
+pub fn oversize(value: &[u8], limits: &Limits) -> Option<Decoded> {
+    (value.len() > limits.max_record_bytes).then(|| Decoded {
+        time: None,
+        event: reject(
+            Reason::Undecodable,
+            format!("record of {} bytes exceeds limits.max_record_bytes ({})", value.len(), limits.max_record_bytes),
+        ),
+    })
+}
+
+/// From a parsed record to a [`Decoded`], with the depth and string limits:
+/// depth before any other check (`undecodable`), string length after all
+/// stateless checks passed (`invalid_field`, a field validity check).
+pub fn decode_parsed(topic: Topic, parsed: Result<serde_json::Value, Rejection>, limits: &Limits) -> Decoded {
+    let cloudevent = match parsed {
+        Ok(cloudevent) => cloudevent,
+        Err(rejection) => return Decoded { time: None, event: Err(rejection) },
+    };
+    let mut longest = 0;
+    if depth_and_longest(&cloudevent, &mut longest) > limits.max_json_depth {
+        return Decoded {
+            time: None,
+            event: reject(
+                Reason::Undecodable,
+                format!("JSON nested deeper than limits.max_json_depth ({})", limits.max_json_depth),
+            ),
+        };
+    }
+    let mut decoded = decode::decode_value(topic, &cloudevent);
+    if decoded.event.is_ok() && longest > limits.max_string_bytes {
+        decoded.event = reject(
+            Reason::InvalidField,
+            format!("a string of {longest} bytes exceeds limits.max_string_bytes ({})", limits.max_string_bytes),
+        );
+    }
+    decoded
+}
+
+/// The nesting depth of a value (a scalar is 0) and, in `longest`, the
+/// longest string in it, keys included.
+fn depth_and_longest(value: &serde_json::Value, longest: &mut usize) -> usize {
+    use serde_json::Value;
+    match value {
+        Value::String(text) => {
+            *longest = (*longest).max(text.len());
+            0
+        }
+        Value::Array(items) => 1 + items.iter().map(|item| depth_and_longest(item, longest)).max().unwrap_or(0),
+        Value::Object(members) => {
+            1 + members
+                .iter()
+                .map(|(key, member)| {
+                    *longest = (*longest).max(key.len());
+                    depth_and_longest(member, longest)
+                })
+                .max()
+                .unwrap_or(0)
+        }
+        Value::Null | Value::Bool(_) | Value::Number(_) => 0,
     }
 }

@@ -24,7 +24,7 @@ use crate::units::{Millis, Ts, DAY_MS, HOUR_MS};
 use state::{identity_key, Changes, Remembered, Startup, TaskState};
 
 /// The knobs of the ledger rules; all durations in milliseconds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FoldConfig {
     /// How long usage identities are remembered; older usage is `too_old`.
     pub dedup_window: Millis,
@@ -34,7 +34,30 @@ pub struct FoldConfig {
     pub close_grace: Millis,
     /// How far ahead of the clock an event may be.
     pub max_future: Millis,
+    /// The calendar accepted for every time of an event (inclusive);
+    /// outside it an event is `invalid_field` (spec §5, v1.1).
+    pub earliest_time: Millis,
+    pub latest_time: Millis,
+    /// Tick `source`s accepted; `None` accepts any (spec §5, v1.1).
+    pub tick_sources: Option<std::sync::Arc<[String]>>,
+    /// Largest step a tick may move the task's latest tick; `None` is
+    /// unlimited (spec §5, v1.1).
+    pub max_tick_jump: Option<Millis>,
+    /// Input bounds, and the dead letter's value prefix.
+    pub limits: crate::events::Limits,
+    /// Fault injection for tests: panic after folding the record at this
+    /// (topic, offset), so the isolation of `internal_error` can be shown.
+    #[doc(hidden)]
+    pub inject_panic_at: Option<(Topic, i64)>,
 }
+
+/// 1970-01-01T00:00:00.000Z, the default earliest accepted time.
+pub const DEFAULT_EARLIEST_TIME: Millis = 0;
+/// 9999-12-31T23:59:59.999Z: the latest instant a `YYYY` year can name,
+/// also the latest accepted time whatever is configured.
+pub const LATEST_REPRESENTABLE_TIME: Millis = 253_402_300_799_999;
+/// 0000-01-01T00:00:00.000Z: the earliest instant a `YYYY` year can name.
+pub const EARLIEST_REPRESENTABLE_TIME: Millis = -62_167_219_200_000;
 
 impl Default for FoldConfig {
     fn default() -> Self {
@@ -43,7 +66,20 @@ impl Default for FoldConfig {
             expiry_grace: HOUR_MS,
             close_grace: 72 * HOUR_MS,
             max_future: 24 * HOUR_MS,
+            earliest_time: DEFAULT_EARLIEST_TIME,
+            latest_time: LATEST_REPRESENTABLE_TIME,
+            tick_sources: None,
+            max_tick_jump: None,
+            limits: crate::events::Limits::default(),
+            inject_panic_at: None,
         }
+    }
+}
+
+impl FoldConfig {
+    /// The first time of `event` outside the accepted calendar, by name.
+    fn outside_calendar(&self, event: &Event) -> Option<(&'static str, Millis)> {
+        event.times().into_iter().flatten().find(|(_, time)| *time < self.earliest_time || *time > self.latest_time)
     }
 }
 
@@ -65,11 +101,40 @@ pub struct Task {
     state: TaskState,
     changes: Changes,
     stats: FoldStats,
+    /// Records that failed inside the fold, by (topic, offset): folded as
+    /// `internal_error` dead letters (see [`Task::fold_encoded`]).
+    poisoned: std::collections::BTreeMap<(Topic, i64), String>,
+}
+
+/// A record whose folding failed inside the processor (a panic): the task
+/// that tried it is to be dropped and rebuilt (see [`Task::fold_encoded`]).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("internal error folding {} partition {partition} offset {offset}: {message}", topic.name())]
+pub struct Poisoned {
+    pub topic: Topic,
+    pub partition: u32,
+    pub offset: i64,
+    pub message: String,
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    let text = panic
+        .downcast_ref::<&str>()
+        .map(|text| (*text).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned());
+    format!("the processor failed deciding this record: {text}")
 }
 
 impl Task {
     pub fn new(config: FoldConfig, state: TaskState) -> Task {
-        Task { config, state, changes: Changes::default(), stats: FoldStats::default() }
+        Task {
+            config,
+            state,
+            changes: Changes::default(),
+            stats: FoldStats::default(),
+            poisoned: std::collections::BTreeMap::new(),
+        }
     }
 
     pub fn state(&self) -> &TaskState {
@@ -94,23 +159,57 @@ impl Task {
     }
 
     /// Folds one record, taken by the merge, appending its outputs, and
-    /// absorbs them into the task's output digest.
-    pub fn fold(&mut self, record: &InputRecord, decoded: Decoded, outputs: &mut Vec<Output>) {
-        self.fold_encoded(record, decoded, outputs, &mut Vec::new());
+    /// absorbs them into the task's output digest. A failure inside the
+    /// fold is returned as [`Poisoned`]: the task must then be dropped.
+    pub fn fold(&mut self, record: &InputRecord, decoded: Decoded, outputs: &mut Vec<Output>) -> Result<(), Poisoned> {
+        self.fold_encoded(record, decoded, outputs, &mut Vec::new())
     }
 
     /// [`Task::fold`], also handing back each new output's JSON bytes (one
     /// entry per output, in order): the digest needs them anyway, so a
     /// caller that writes JSON need not encode the records a second time.
+    ///
+    /// Each record is isolated (spec §5, v1.1 `internal_error`): if deciding
+    /// it panics, its outputs are dropped and [`Poisoned`] names it. The
+    /// state may then be half-changed, so the caller drops this task,
+    /// rebuilds it from its last committed state, marks the record with
+    /// [`Task::poison`] and folds again: the record then becomes an
+    /// `internal_error` dead letter and the state is as if it had not been
+    /// taken. (Snapshotting the state per record would cost more than the
+    /// fold; a defect is rare, a rebuild is the existing recovery path.)
     pub fn fold_encoded(
         &mut self,
         record: &InputRecord,
         decoded: Decoded,
         outputs: &mut Vec<Output>,
         encoded: &mut Vec<Vec<u8>>,
-    ) {
+    ) -> Result<(), Poisoned> {
         let first = outputs.len();
-        self.fold_record(record, decoded, outputs);
+        let key = (record.topic, record.offset);
+        if let Some(message) = self.poisoned.get(&key) {
+            let rejection = Rejection::new(Reason::InternalError, message.clone());
+            self.refuse(record, &rejection, outputs);
+        } else {
+            let folded =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.fold_record(record, decoded, outputs)));
+            if let Err(panic) = folded {
+                outputs.truncate(first);
+                let message = panic_message(panic.as_ref());
+                tracing::error!(
+                    topic = record.topic.name(),
+                    partition = record.partition,
+                    offset = record.offset,
+                    %message,
+                    "internal error deciding a record; it will be dead-lettered as internal_error"
+                );
+                return Err(Poisoned {
+                    topic: record.topic,
+                    partition: record.partition,
+                    offset: record.offset,
+                    message,
+                });
+            }
+        }
         for output in &outputs[first..] {
             let mut bytes = Vec::with_capacity(512);
             output.write_json(&mut bytes).expect("writing to memory cannot fail");
@@ -118,12 +217,36 @@ impl Task {
             encoded.push(bytes);
         }
         self.state.folded += 1;
-        if self.state.folded % state::CHECKPOINT_EVERY == 0 {
+        if self.state.folded.is_multiple_of(state::CHECKPOINT_EVERY) {
             self.changes.checkpoints.push(state::Checkpoint {
                 folded: self.state.folded,
                 offsets: self.state.offsets,
                 digest: self.state.digest,
             });
+        }
+        Ok(())
+    }
+
+    /// Marks a record (by topic and offset) that failed inside the fold:
+    /// when folded, it becomes an `internal_error` dead letter with
+    /// `message` as its detail, and changes nothing else.
+    pub fn poison(&mut self, poisoned: &Poisoned) {
+        self.poisoned.insert((poisoned.topic, poisoned.offset), poisoned.message.clone());
+    }
+
+    /// Takes a record without applying it: its offset moves, and it is a
+    /// dead letter (rates: written by partition 0's task only, §5).
+    fn refuse(&mut self, record: &InputRecord, rejection: &Rejection, outputs: &mut Vec<Output>) {
+        self.stats.records += 1;
+        self.state.offsets[record.topic.index()] = record.offset + 1;
+        self.changes.task_meta = true;
+        if record.topic != Topic::Rates || self.state.partition == 0 {
+            self.stats.dead_letters += 1;
+            outputs.push(Output::DeadLetter(dead_letter(
+                record,
+                rejection,
+                self.config.limits.dead_letter_value_bytes,
+            )));
         }
     }
 
@@ -137,19 +260,35 @@ impl Task {
             Err(rejection) => Err(rejection),
             Ok(event) => match (&event.payload, record.topic) {
                 (Payload::RatePublished(_), _) => self.fold_rate(&event),
-                (Payload::ClockTick, _) => {
-                    self.fold_tick(event.time, outputs);
-                    Ok(())
+                _ if self.config.outside_calendar(&event).is_some() => {
+                    let (name, time) = self.config.outside_calendar(&event).expect("checked above");
+                    reject(
+                        Reason::InvalidField,
+                        format!(
+                            "{name} {} is outside the accepted calendar {} .. {}",
+                            crate::units::format_millis(time),
+                            crate::units::format_millis(self.config.earliest_time),
+                            crate::units::format_millis(self.config.latest_time)
+                        ),
+                    )
                 }
+                (Payload::ClockTick, _) => self.fold_tick(&event, outputs),
                 _ => self.fold_keyed(record.topic, &event, outputs),
             },
         };
+        if self.config.inject_panic_at == Some((record.topic, record.offset)) {
+            panic!("injected panic (inject_panic_at {}:{})", record.topic.name(), record.offset);
+        }
         if let Err(rejection) = result {
             // Every task reads the whole rates topic and decides alike; only
             // partition 0's task writes the rates' dead letters (§5).
             if record.topic != Topic::Rates || self.state.partition == 0 {
                 self.stats.dead_letters += 1;
-                outputs.push(Output::DeadLetter(dead_letter(record, &rejection)));
+                outputs.push(Output::DeadLetter(dead_letter(
+                    record,
+                    &rejection,
+                    self.config.limits.dead_letter_value_bytes,
+                )));
             }
         }
     }
@@ -181,11 +320,39 @@ impl Task {
         Ok(())
     }
 
-    /// A tick moves the clock of every start-up of the task (§4).
-    fn fold_tick(&mut self, time: Millis, outputs: &mut Vec<Output>) {
+    /// A tick moves the clock of every start-up of the task (§4), unless a
+    /// configured guard refuses it (§5, v1.1).
+    fn fold_tick(&mut self, event: &Event, outputs: &mut Vec<Output>) -> Result<(), Rejection> {
+        let time = event.time;
+        if let Some(sources) = &self.config.tick_sources {
+            if !sources.contains(&event.source) {
+                return reject(
+                    Reason::InvalidField,
+                    format!("tick source {:?} is not in ledger.tick_sources", event.source),
+                );
+            }
+        }
+        if let Some(jump) = self.config.max_tick_jump {
+            // Against the latest tick; before the first, against the
+            // latest start-up clock (nothing to compare with: accepted).
+            let reference =
+                self.state.tick_clock.or_else(|| self.state.startups.values().map(|startup| startup.clock).max());
+            if let Some(reference) = reference {
+                if time > reference.saturating_add(jump) {
+                    return reject(
+                        Reason::InvalidField,
+                        format!(
+                            "tick at {} moves the task's clock more than ledger.max_tick_jump ({jump} ms) past {}",
+                            crate::units::format_millis(time),
+                            crate::units::format_millis(reference)
+                        ),
+                    );
+                }
+            }
+        }
         self.stats.ticks += 1;
         if self.state.tick_clock.is_some_and(|latest| time <= latest) {
-            return;
+            return Ok(());
         }
         self.state.tick_clock = Some(time);
         let mut moved = BTreeSet::new();
@@ -198,6 +365,7 @@ impl Task {
         }
         self.changes.startups.extend(moved.iter().cloned());
         self.fire_due_effects(&moved, outputs);
+        Ok(())
     }
 
     fn fold_keyed(&mut self, topic: Topic, event: &Event, outputs: &mut Vec<Output>) -> Result<(), Rejection> {
@@ -365,12 +533,14 @@ pub fn balances_of(startup: &Startup, task: u32, offsets: &[InputOffset]) -> Bal
         .map(|(currency, figures)| {
             let grants: Vec<_> = startup.grants.values().filter(|grant| &grant.currency == currency).collect();
             let open = || grants.iter().filter(|grant| grant.is_open());
-            let contract_liability: i64 = open().map(|grant| grant.unearned()).sum();
-            let unallocated: i64 = startup
+            // The fold keeps every one of these sums within 64 bits (rules:
+            // `rpo_bound`); they are added in 128 bits all the same.
+            let contract_liability = to_i64(open().map(|grant| i128::from(grant.unearned())).sum());
+            let unallocated: i128 = startup
                 .deals
                 .values()
                 .filter(|deal| &deal.currency == currency && !deal.cancelled)
-                .map(|deal| deal.transaction_price - deal.granted_price)
+                .map(|deal| i128::from(deal.transaction_price) - i128::from(deal.granted_price))
                 .sum();
             CurrencyBalance {
                 currency: currency.clone(),
@@ -378,7 +548,7 @@ pub fn balances_of(startup: &Startup, task: u32, offsets: &[InputOffset]) -> Bal
                 consumed_face: figures.consumed_face,
                 expired_face: figures.expired_face,
                 revoked_face: figures.revoked_face,
-                remaining_face: grants.iter().map(|grant| grant.remaining_face()).sum(),
+                remaining_face: to_i64(grants.iter().map(|grant| i128::from(grant.remaining_face())).sum()),
                 usage_cost: figures.usage_cost,
                 usage_count: figures.usage_count,
                 overage: figures.overage,
@@ -387,8 +557,10 @@ pub fn balances_of(startup: &Startup, task: u32, offsets: &[InputOffset]) -> Bal
                 revenue_breakage: figures.revenue_breakage,
                 revocation_reversal: figures.revocation_reversal,
                 contract_liability,
-                escrow_remaining_face: open().filter(|grant| grant.escrow).map(|grant| grant.remaining_face()).sum(),
-                rpo: contract_liability + unallocated,
+                escrow_remaining_face: to_i64(
+                    open().filter(|grant| grant.escrow).map(|grant| i128::from(grant.remaining_face())).sum(),
+                ),
+                rpo: to_i64(i128::from(contract_liability) + unallocated),
                 grants: grants
                     .iter()
                     .map(|grant| GrantBalance {
@@ -425,37 +597,84 @@ pub fn balances_of(startup: &Startup, task: u32, offsets: &[InputOffset]) -> Bal
     }
 }
 
-fn text_or_base64(bytes: Option<&[u8]>) -> (Option<String>, Option<String>) {
-    match bytes {
-        None => (None, None),
-        Some(bytes) => match std::str::from_utf8(bytes) {
-            Ok(text) => (Some(text.to_owned()), None),
-            Err(_) => (None, Some(base64(bytes))),
-        },
-    }
+/// A sum the fold bounds to 64 bits; saturates rather than panics if a
+/// state written by another version breaks the bound.
+fn to_i64(sum: i128) -> i64 {
+    i64::try_from(sum).unwrap_or(if sum < 0 { i64::MIN } else { i64::MAX })
 }
 
-pub fn dead_letter(record: &InputRecord, rejection: &Rejection) -> DeadLetter {
-    let (key, key_base64) = text_or_base64(record.key.as_deref());
-    let (value, value_base64) = text_or_base64(Some(&record.value));
+/// Raw bytes of the key and of all header values a dead letter keeps at
+/// most; with the value's prefix this bounds a dead letter's size (JSON
+/// escaping at most sextuples a byte) well under 1 MB by default.
+const DEAD_LETTER_KEY_BYTES: usize = 1 << 10;
+const DEAD_LETTER_HEADER_BYTES: usize = 8 << 10;
+
+/// Bytes kept of a key or value: the text (or base64) of at most `limit`
+/// bytes, cut on a character boundary, and, when cut, the full length and
+/// lowercase hex SHA-256 of the whole.
+struct Kept {
+    text: Option<String>,
+    base64: Option<String>,
+    length: Option<u64>,
+    sha256: Option<String>,
+}
+
+fn keep(bytes: Option<&[u8]>, limit: usize) -> Kept {
+    let Some(bytes) = bytes else { return Kept { text: None, base64: None, length: None, sha256: None } };
+    let (kept, cut) = if bytes.len() > limit { (&bytes[..limit], true) } else { (bytes, false) };
+    let (text, base64_text) = match std::str::from_utf8(kept) {
+        Ok(text) => (Some(text.to_owned()), None),
+        // A cut inside a character: keep the text up to it.
+        Err(error) if cut && error.error_len().is_none() && std::str::from_utf8(bytes).is_ok() => {
+            (Some(String::from_utf8_lossy(&kept[..error.valid_up_to()]).into_owned()), None)
+        }
+        Err(_) => (None, Some(base64(kept))),
+    };
+    let (length, sha256) = if cut {
+        use sha2::Digest as _;
+        (Some(bytes.len() as u64), Some(crate::records::hex(&sha2::Sha256::digest(bytes))))
+    } else {
+        (None, None)
+    };
+    Kept { text, base64: base64_text, length, sha256 }
+}
+
+/// The dead letter of a refused record (spec §5): original key, value and
+/// headers (the value cut to `value_limit` bytes, see [`Kept`]), reason,
+/// detail and the record's position.
+pub fn dead_letter(record: &InputRecord, rejection: &Rejection, value_limit: usize) -> DeadLetter {
+    let key = keep(record.key.as_deref(), DEAD_LETTER_KEY_BYTES);
+    let value = keep(Some(&record.value), value_limit);
+    let mut header_budget = DEAD_LETTER_HEADER_BYTES;
+    let mut headers = Vec::with_capacity(record.headers.len());
+    for (name, header_value) in &record.headers {
+        let size = name.len() + header_value.as_ref().map_or(0, Vec::len);
+        if size > header_budget {
+            break;
+        }
+        header_budget -= size;
+        headers.push(Header {
+            key: name.clone(),
+            value: header_value.as_deref().map(|bytes| String::from_utf8_lossy(bytes).into_owned()),
+        });
+    }
+    let headers_dropped = record.headers.len() - headers.len();
     DeadLetter {
-        key,
-        key_base64,
-        value,
-        value_base64,
-        headers: record
-            .headers
-            .iter()
-            .map(|(name, value)| Header {
-                key: name.clone(),
-                value: value.as_deref().map(|bytes| String::from_utf8_lossy(bytes).into_owned()),
-            })
-            .collect(),
+        key: key.text,
+        key_base64: key.base64,
+        value: value.text,
+        value_base64: value.base64,
+        headers,
         reason: rejection.reason.as_str().to_owned(),
         detail: rejection.detail.clone(),
         topic: record.topic.name().to_owned(),
         partition: record.partition,
         offset: record.offset,
+        key_length: key.length,
+        key_sha256: key.sha256,
+        value_length: value.length,
+        value_sha256: value.sha256,
+        headers_dropped: (headers_dropped > 0).then_some(headers_dropped as u64),
     }
 }
 

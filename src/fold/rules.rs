@@ -99,7 +99,8 @@ pub fn fire(startup: &mut Startup, effect: &Effect, config: &FoldConfig, outputs
             true
         }
         EffectKind::Close => {
-            let month = Month::parse(&effect.target).expect("close effects name a month");
+            // The month closing is the book's next; the target only names it.
+            let month = startup.book.next_to_close().expect("a close is due only once a month is booked");
             let statement = close_month(startup, month, effect.due);
             debug_assert_eq!(effect.due, month.next().start() + config.close_grace);
             outputs.push(Output::Statement(statement));
@@ -320,6 +321,25 @@ fn fits_i64(total: i64, more: i64) -> bool {
     total.checked_add(more).is_some()
 }
 
+fn fits_i64_i128(total: i128, more: i64) -> bool {
+    total + i128::from(more) <= i128::from(i64::MAX)
+}
+
+/// An upper bound of every sum the balances add for `currency` (contract
+/// liability, unallocated deal prices, their sum `rpo`): the transaction
+/// prices of all deals plus those of grants outside deals. The fold refuses
+/// an event that would take it beyond 64 bits, so those sums always fit.
+fn rpo_bound(startup: &Startup, currency: &str) -> i128 {
+    let (deal_prices, granted_on_deals) = startup.deals.values().filter(|deal| deal.currency == currency).fold(
+        (0i128, 0i128),
+        |(prices, granted), deal| {
+            (prices + i128::from(deal.transaction_price), granted + i128::from(deal.granted_price))
+        },
+    );
+    let granted = startup.figures.get(currency).map_or(0, |figures| i128::from(figures.granted_transaction_price));
+    deal_prices + (granted - granted_on_deals)
+}
+
 fn deal_signed(
     startup: &mut Startup,
     topic: Topic,
@@ -331,13 +351,7 @@ fn deal_signed(
         return reject(Reason::InvalidTransition, format!("deal_id {:?} is already used", signed.deal_id));
     }
     let transaction_price = (i128::from(signed.equity_fair_value) - i128::from(signed.cash_amount)).max(0) as i64;
-    let committed: i64 = startup
-        .deals
-        .values()
-        .filter(|deal| deal.currency == signed.currency)
-        .map(|deal| deal.transaction_price)
-        .fold(0i64, |total, price| total.saturating_add(price));
-    if !fits_i64(committed, transaction_price) {
+    if !fits_i64_i128(rpo_bound(startup, &signed.currency), transaction_price) {
         return reject(Reason::InvalidField, "the start-up's deal prices would exceed 64 bits");
     }
     startup.deals.insert(
@@ -441,6 +455,9 @@ fn credit_granted(
     let totals = startup.figures.get(&granted.currency).cloned().unwrap_or_default();
     if !fits_i64(totals.granted_face, face) || !fits_i64(totals.granted_transaction_price, transaction_price) {
         return reject(Reason::InvalidField, "the start-up's granted figures would exceed 64 bits");
+    }
+    if granted.deal_id.is_none() && !fits_i64_i128(rpo_bound(startup, &granted.currency), transaction_price) {
+        return reject(Reason::InvalidField, "the start-up's transaction prices would exceed 64 bits");
     }
     if let Some(deal) = granted.deal_id.as_ref().and_then(|deal_id| startup.deals.get_mut(deal_id)) {
         deal.granted_face += face;

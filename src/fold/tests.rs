@@ -44,7 +44,7 @@ impl Ledger {
         let record =
             InputRecord { topic, partition: self.task.state().partition, offset, key: None, value, headers: vec![] };
         let mut outputs = Vec::new();
-        self.task.fold(&record, decoded, &mut outputs);
+        self.task.fold(&record, decoded, &mut outputs).expect("no internal error");
         outputs
     }
 
@@ -1110,3 +1110,7 @@ fn balances_carry_liability_rpo_and_escrow() {
         usd.grants.iter().map(|grant| (grant.grant_id.as_str(), grant.state.as_str(), grant.remaining_face)).collect();
     assert_eq!(grants, vec![("t1", "open", 0), ("t2", "open", 800_000)]);
 }
+
+// ------------------------------------------------ v1.1 robustness (spec §5)
+
+mod robust;

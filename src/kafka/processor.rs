@@ -46,7 +46,7 @@ use crate::config::{Config, OutputFormat};
 use crate::events::avro::{OutputEncoder, SchemaRegistry};
 use crate::events::{decode_record, Decoded, InputRecord, Topic};
 use crate::fold::merge::{choose, Choice, Head};
-use crate::fold::{Task, TopicNames};
+use crate::fold::{Poisoned, Task, TopicNames};
 use crate::records::{InputOffset, Output};
 use crate::store::rocks::RocksStore;
 use crate::store::{self, KvStore};
@@ -71,6 +71,8 @@ pub struct RunStats {
     pub transactions_committed: u64,
     pub transactions_aborted: u64,
     pub partitions_assigned: u64,
+    /// Records that failed inside the fold, dead-lettered as `internal_error`.
+    pub internal_errors: u64,
     /// Wall time the fold loop spent on commit cycles (preparing one,
     /// waiting for the previous one to settle), in milliseconds; the
     /// transactions themselves run beside the fold.
@@ -489,6 +491,9 @@ struct Processor<'a> {
     /// Transactions begun, for `processor.inject_abort_every`.
     transactions_begun: u64,
     destinations: Destinations,
+    /// Records that failed inside the fold, per task: a rebuilt task folds
+    /// them as `internal_error` dead letters.
+    poisoned: BTreeMap<u32, Vec<Poisoned>>,
 }
 
 /// The output topics' names, shared with the commit thread.
@@ -596,7 +601,13 @@ impl<'a> Processor<'a> {
         }
         Ok(TaskRunner {
             partition,
-            task: Task::new(self.config.fold, state),
+            task: {
+                let mut task = Task::new(self.config.fold.clone(), state);
+                for poison in self.poisoned.get(&partition).into_iter().flatten() {
+                    task.poison(poison);
+                }
+                task
+            },
             producer: Arc::new(producer),
             rates,
             rates_caught_up: false,
@@ -721,7 +732,7 @@ impl<'a> Processor<'a> {
                 continue;
             }
             runner.expected[topic.index()] = record.offset + 1;
-            let decoded = decode_record(topic, &record.value, &self.registry);
+            let decoded = decode_record(topic, &record.value, &self.registry, &self.config.fold.limits);
             runner.buffers[topic.index()].push_back((record, decoded));
             received = true;
         }
@@ -738,7 +749,8 @@ impl<'a> Processor<'a> {
                         let record = to_input(Topic::Rates, &message);
                         runner.expected[0] = record.offset + 1;
                         runner.rates_caught_up = false;
-                        let decoded = decode_record(Topic::Rates, &record.value, &self.registry);
+                        let decoded =
+                            decode_record(Topic::Rates, &record.value, &self.registry, &self.config.fold.limits);
                         runner.buffers[0].push_back((record, decoded));
                         received = true;
                     }
@@ -749,10 +761,34 @@ impl<'a> Processor<'a> {
     }
 
     /// Folds what the merge allows; returns the number of records taken.
-    fn fold(&mut self) -> u64 {
+    /// Folds what the tasks' buffers hold. A record that fails inside the
+    /// fold (spec §5, v1.1 `internal_error`): its task is rebuilt from its
+    /// committed state and folds again, the record now a dead letter.
+    fn fold(&mut self) -> crate::Result<u64> {
         let mut taken = 0;
         let partitions: Vec<u32> = self.runners.keys().copied().collect();
         for partition in partitions {
+            match self.fold_task(partition)? {
+                Ok(count) => taken += count,
+                Err(poison) => {
+                    self.stats.internal_errors += 1;
+                    tracing::warn!(partition, error = %poison, "rebuilding the task to dead-letter the record");
+                    // The cycle in flight may hold this task's last commit.
+                    self.settle(true, &[])?;
+                    self.poisoned.entry(partition).or_default().push(poison);
+                    self.rebuild(partition)?;
+                }
+            }
+        }
+        Ok(taken)
+    }
+
+    /// Folds one task's buffered records: how many, or the record that
+    /// failed inside the fold; an error is fatal (the store could not take
+    /// the re-folded state).
+    fn fold_task(&mut self, partition: u32) -> crate::Result<Result<u64, Poisoned>> {
+        let mut taken = 0;
+        {
             let runner = self.runners.get_mut(&partition).expect("listed");
             loop {
                 let refolding = runner.refolding();
@@ -797,21 +833,32 @@ impl<'a> Processor<'a> {
                 }
                 if refolding {
                     let mut discarded = Vec::new();
-                    runner.task.fold(&record, decoded, &mut discarded);
+                    if let Err(poison) = runner.task.fold(&record, decoded, &mut discarded) {
+                        return Ok(Err(poison));
+                    }
                     self.stats.records_refolded += 1;
                     if !runner.refolding() {
                         // Caught up with what Kafka has: persist, no transaction.
                         let changes = runner.task.take_changes();
                         let ops = store::commit_ops(runner.task.state(), &changes);
-                        if let Err(error) = self.store.lock().expect("store lock").write(ops) {
-                            tracing::error!(partition, error = %format!("{error:#}"), "writing re-folded state");
-                        }
+                        // The changes are taken: a state that missed them
+                        // would take later deltas wrongly, so this is fatal
+                        // (a restart re-folds from what the store holds).
+                        self.store
+                            .lock()
+                            .expect("store lock")
+                            .write(ops)
+                            .with_context(|| format!("writing the re-folded state of task {partition} to RocksDB"))?;
                         runner.segments.clear();
                         runner.plan.clear();
                         tracing::info!(partition, "re-fold done; processing live");
                     }
                 } else {
-                    runner.task.fold_encoded(&record, decoded, &mut runner.pending, &mut runner.pending_json);
+                    let folded =
+                        runner.task.fold_encoded(&record, decoded, &mut runner.pending, &mut runner.pending_json);
+                    if let Err(poison) = folded {
+                        return Ok(Err(poison));
+                    }
                     runner.folded_since_commit += 1;
                     self.stats.records_folded += 1;
                 }
@@ -821,7 +868,7 @@ impl<'a> Processor<'a> {
                 }
             }
         }
-        taken
+        Ok(Ok(taken))
     }
 
     /// Starts a commit cycle for each task with work: outputs, balances and
@@ -884,6 +931,10 @@ impl<'a> Processor<'a> {
                     self.stats.offsets_millis += times.offsets;
                     self.stats.end_transaction_millis += times.end_transaction;
                     self.stats.store_write_millis += times.store_write;
+                }
+                Err(error) if error.downcast_ref::<RefusedOutput>().is_some() => {
+                    self.stats.transactions_aborted += 1;
+                    return Err(error);
                 }
                 Err(error) => {
                     self.stats.transactions_aborted += 1;
@@ -956,12 +1007,18 @@ impl<'a> Processor<'a> {
             consumed.add_partition_offset(topic, partition as i32, Offset::Offset(offset))?;
         }
         let ops = store::commit_ops(runner.task.state(), &changes);
+        let inputs = runner
+            .segments
+            .iter()
+            .map(|(topic, from, to)| format!("{} partition {partition} offsets {from}..{to}", self.names.name(*topic)))
+            .collect::<Vec<_>>()
+            .join(", ");
         runner.segments.clear();
         runner.folded_since_commit = 0;
         self.transactions_begun += 1;
         let every = self.config.inject_abort_every;
-        let inject_abort = (every > 0 && self.transactions_begun % every == 0).then_some(every);
-        Ok(Cycle { partition, producer: Arc::clone(&runner.producer), records, consumed, ops, inject_abort })
+        let inject_abort = (every > 0 && self.transactions_begun.is_multiple_of(every)).then_some(every);
+        Ok(Cycle { partition, producer: Arc::clone(&runner.producer), records, consumed, ops, inject_abort, inputs })
     }
 
     /// Drops a task's uncommitted state: reload it and rewind its inputs.
@@ -1001,6 +1058,8 @@ type Publication = (Arc<str>, Option<Vec<u8>>, Vec<u8>);
 /// One task's commit cycle, ready to go out in a transaction.
 struct Cycle {
     partition: u32,
+    /// The input segments the cycle's outputs came from, for errors.
+    inputs: String,
     producer: Arc<BaseProducer>,
     records: Vec<Publication>,
     /// The next offsets of deals and metering, committed with the transaction.
@@ -1070,6 +1129,15 @@ fn transact(cycle: &Cycle, group_metadata: &ConsumerGroupMetadata) -> crate::Res
                 }
                 Err((error, _)) => {
                     let _ = producer.abort_transaction(TRANSACTION_TIMEOUT);
+                    if let Some(code) = error.rdkafka_error_code().filter(|code| is_permanent(*code)) {
+                        return Err(RefusedOutput {
+                            task: cycle.partition,
+                            topic: topic.to_string(),
+                            detail: format!("{code:?} for a record of {} bytes", value.len()),
+                            inputs: cycle.inputs.clone(),
+                        }
+                        .into());
+                    }
                     return Err(error).context("producing an output record");
                 }
             }
@@ -1089,9 +1157,60 @@ fn transact(cycle: &Cycle, group_metadata: &ConsumerGroupMetadata) -> crate::Res
     times.end_transaction = (waiting.elapsed().as_millis() as u64).saturating_sub(times.offsets);
     if let Err(error) = sent {
         let _ = producer.abort_transaction(TRANSACTION_TIMEOUT);
+        // A delivery the broker refused for good fails the commit with its
+        // code: retrying the same records would fail the same way.
+        if let Some(code) = error.rdkafka_error_code().filter(|code| is_permanent(*code)) {
+            let (topic, largest) = cycle
+                .records
+                .iter()
+                .map(|(topic, key, value)| (topic, key.as_ref().map_or(0, Vec::len) + value.len()))
+                .max_by_key(|(_, size)| *size)
+                .map(|(topic, size)| (topic.to_string(), size))
+                .unwrap_or_default();
+            return Err(RefusedOutput {
+                task: cycle.partition,
+                topic,
+                detail: format!("{code:?} committing the transaction (its largest record: {largest} bytes)"),
+                inputs: cycle.inputs.clone(),
+            }
+            .into());
+        }
         return Err(error).context("committing the transaction");
     }
     Ok(times)
+}
+
+/// Broker refusals that no retry can cure: the same records would be
+/// refused again, so the processor stops rather than abort and retry
+/// forever.
+fn is_permanent(code: rdkafka::types::RDKafkaErrorCode) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as Code;
+    matches!(
+        code,
+        Code::MessageSizeTooLarge
+            | Code::InvalidMessageSize
+            | Code::MessageBatchTooLarge
+            | Code::TopicAuthorizationFailed
+            | Code::ClusterAuthorizationFailed
+            | Code::TransactionalIdAuthorizationFailed
+            | Code::GroupAuthorizationFailed
+            | Code::InvalidRecord
+    )
+}
+
+/// An output the broker refused for good: fatal, named by the task, the
+/// output topic and the input offsets of the cycle that produced it.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the broker refused an output of task {task} to topic {topic} for good ({detail}); \
+     the outputs came from inputs {inputs}; stopping (fix the broker's limits or permissions, then restart)"
+)]
+pub struct RefusedOutput {
+    pub task: u32,
+    pub topic: String,
+    pub detail: String,
+    /// The cycle's input segments, e.g. `deals 10..12, metering 40..90`.
+    pub inputs: String,
 }
 
 #[derive(Serialize)]
@@ -1159,6 +1278,7 @@ pub fn run(config: &Config, options: &RunOptions, shutdown: Arc<AtomicBool>) -> 
         stats: RunStats::default(),
         transactions_begun: 0,
         destinations: Destinations::new(&config.topics),
+        poisoned: BTreeMap::new(),
     };
     tracing::info!(partitions, group = %config.group_id, "joined; waiting for partitions");
     let commit_interval = Duration::from_millis(config.commit_interval as u64);
@@ -1170,7 +1290,7 @@ pub fn run(config: &Config, options: &RunOptions, shutdown: Arc<AtomicBool>) -> 
         processor.handle_group_events()?;
         processor.publish_ticks()?;
         let received = processor.poll_inputs()?;
-        let taken = processor.fold();
+        let taken = processor.fold()?;
         processor.handle_group_events()?;
         processor.settle(false, &[])?;
         if last_commit.elapsed() >= commit_interval {

@@ -38,10 +38,10 @@ use super::QuietEof;
 use crate::batch::{write_balances, OutputFiles};
 use crate::config::Config;
 use crate::events::avro::SchemaRegistry;
-use crate::events::{decode_record, Decoded, InputRecord, Topic};
+use crate::events::{decode_record, Decoded, InputRecord, Limits, Topic};
 use crate::fold::merge::{choose, Choice, Head};
 use crate::fold::state::TaskState;
-use crate::fold::{Task, TopicNames};
+use crate::fold::{Poisoned, Task, TopicNames};
 use crate::progress::Progress;
 use crate::records::{Balances, Output, Stream};
 use crate::store::rocks::RocksStore;
@@ -132,7 +132,7 @@ impl Input {
     }
 
     /// Moves fetched records into the buffer, waiting up to `wait` for the first.
-    fn fill(&mut self, wait: Duration, registry: &SchemaRegistry) -> crate::Result<()> {
+    fn fill(&mut self, wait: Duration, registry: &SchemaRegistry, limits: &Limits) -> crate::Result<()> {
         let mut timeout = wait;
         while !self.ended && self.buffer.len() < BUFFER_CAP {
             match self.consumer.poll(timeout) {
@@ -151,7 +151,7 @@ impl Input {
                     }
                     let record = to_input(self.topic, &message);
                     self.next = record.offset + 1;
-                    let decoded = decode_record(self.topic, &record.value, registry);
+                    let decoded = decode_record(self.topic, &record.value, registry, limits);
                     self.buffer.push_back((record, decoded));
                 }
             }
@@ -187,7 +187,12 @@ impl WhatIf {
     /// Folds the alternative rate cards the merge rule takes before a
     /// record at `before` (all that remain for `None`); with `--until`,
     /// cards later than it are left out like every other record.
-    fn take_rates(&mut self, before: Option<Millis>, until: Option<Millis>, outputs: &mut Vec<Output>) {
+    fn take_rates(
+        &mut self,
+        before: Option<Millis>,
+        until: Option<Millis>,
+        outputs: &mut Vec<Output>,
+    ) -> Result<(), Poisoned> {
         while let Some((record, decoded)) = self.rates.get(self.next_rate) {
             if let (Some(time), Some(before)) = (decoded.time, before) {
                 if time > before {
@@ -198,9 +203,17 @@ impl WhatIf {
             if until.is_some_and(|until| decoded.time.is_none_or(|time| time > until)) {
                 continue;
             }
-            self.task.fold(record, decoded.clone(), outputs);
+            self.task.fold(record, decoded.clone(), outputs)?;
         }
+        Ok(())
     }
+}
+
+/// Records that failed inside the fold, for the actual and the what-if task.
+#[derive(Debug, Default)]
+struct Poisons {
+    actual: Vec<Poisoned>,
+    what_if: Vec<Poisoned>,
 }
 
 /// Where outputs go, shared by the tasks (which run on parallel threads).
@@ -355,7 +368,7 @@ fn emit_topics(config: &Config, prefix: &str, partitions: u32) -> crate::Result<
 /// judged by the fold as the rates topic's records are (a rejected line
 /// becomes a dead letter of the what-if world). Fails when no line is a
 /// rate card at all.
-fn read_rates(path: &Path) -> crate::Result<Vec<(InputRecord, Decoded)>> {
+fn read_rates(path: &Path, limits: &Limits) -> crate::Result<Vec<(InputRecord, Decoded)>> {
     let text = std::fs::read(path).with_context(|| format!("reading what-if rates {}", path.display()))?;
     let registry = SchemaRegistry::builtin();
     let mut rates = Vec::new();
@@ -365,7 +378,7 @@ fn read_rates(path: &Path) -> crate::Result<Vec<(InputRecord, Decoded)>> {
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let decoded = decode_record(Topic::Rates, line, &registry);
+        let decoded = decode_record(Topic::Rates, line, &registry, limits);
         if let Err(rejection) = &decoded.event {
             rejected.push(format!("line {}: {rejection}", index + 1));
         }
@@ -411,7 +424,8 @@ pub fn replay(config: &Config, options: &ReplayOptions) -> crate::Result<ReplayS
     };
     close_in_background(metadata);
     let total = input_total(config, &tasks)?;
-    let what_if_rates = options.what_if_rates.as_deref().map(read_rates).transpose()?;
+    let what_if_rates =
+        options.what_if_rates.as_deref().map(|path| read_rates(path, &config.fold.limits)).transpose()?;
 
     let mut store = RocksStore::open(&options.state_dir)?;
     let existing = store::task_partitions(&store)?;
@@ -531,7 +545,37 @@ impl Shared<'_> {
         }
     }
 
+    /// Replays one task. A record that fails inside the fold (spec §5,
+    /// v1.1): the task starts again from offset 0 with the record marked, so
+    /// it becomes an `internal_error` dead letter as the live processor made
+    /// it; outputs sent to topics before are not sent twice.
     fn replay_task(&self, partition: u32, committed: [i64; 2]) -> crate::Result<TaskSummary> {
+        let mut poisoned = Poisons::default();
+        let mut written = 0u64;
+        loop {
+            match self.replay_attempt(partition, committed, &poisoned, &mut written)? {
+                Ok(summary) => return Ok(summary),
+                Err((what_if, poison)) => {
+                    tracing::warn!(partition, error = %poison, "replaying the task again to dead-letter the record");
+                    if what_if {
+                        poisoned.what_if.push(poison);
+                    } else {
+                        poisoned.actual.push(poison);
+                    }
+                }
+            }
+        }
+    }
+
+    fn replay_attempt(
+        &self,
+        partition: u32,
+        committed: [i64; 2],
+        poisoned: &Poisons,
+        written: &mut u64,
+    ) -> crate::Result<Result<TaskSummary, (bool, Poisoned)>> {
+        // Files are written anew by each attempt; topics keep what was sent.
+        let mut to_skip = if matches!(self.writer, Writer::Topics { .. }) { *written } else { 0 };
         let mut summary = TaskSummary {
             comparison: self.what_if_rates.as_ref().map(|_| Comparison::default()),
             ..TaskSummary::default()
@@ -560,11 +604,16 @@ impl Shared<'_> {
         ];
         let registry = SchemaRegistry::builtin();
         let fresh = || TaskState { partition, ..TaskState::default() };
-        let mut actual = Task::new(self.config.fold, fresh());
-        let mut what_if = self.what_if_rates.clone().map(|rates| WhatIf {
-            task: Task::new(self.config.fold, fresh()),
-            rates,
-            next_rate: 0,
+        let mut actual = Task::new(self.config.fold.clone(), fresh());
+        for poison in &poisoned.actual {
+            actual.poison(poison);
+        }
+        let mut what_if = self.what_if_rates.clone().map(|rates| {
+            let mut task = Task::new(self.config.fold.clone(), fresh());
+            for poison in &poisoned.what_if {
+                task.poison(poison);
+            }
+            WhatIf { task, rates, next_rate: 0 }
         });
         let (mut outputs, mut encoded) = (Vec::with_capacity(1024), Vec::with_capacity(1024));
         let mut alternative = Vec::new();
@@ -584,7 +633,7 @@ impl Shared<'_> {
                         continue;
                     }
                     None => {
-                        input.fill(Duration::from_millis(100), &registry)?;
+                        input.fill(Duration::from_millis(100), &registry, &self.config.fold.limits)?;
                         continue;
                     }
                     Some((record, _)) if record.offset != from => {
@@ -614,7 +663,7 @@ impl Shared<'_> {
                     Choice::Wait => {
                         for (input, head) in inputs.iter_mut().zip(heads) {
                             if head == Head::Pending {
-                                input.fill(Duration::from_millis(100), &registry)?;
+                                input.fill(Duration::from_millis(100), &registry, &self.config.fold.limits)?;
                             }
                         }
                         continue;
@@ -636,9 +685,15 @@ impl Shared<'_> {
             }
             summary.records_folded += 1;
             match what_if.as_mut() {
-                None => actual.fold_encoded(&record, decoded, &mut outputs, &mut encoded),
+                None => {
+                    if let Err(poison) = actual.fold_encoded(&record, decoded, &mut outputs, &mut encoded) {
+                        return Ok(Err((false, poison)));
+                    }
+                }
                 Some(what_if) => {
-                    actual.fold(&record, decoded.clone(), &mut alternative);
+                    if let Err(poison) = actual.fold(&record, decoded.clone(), &mut alternative) {
+                        return Ok(Err((false, poison)));
+                    }
                     if let Some(comparison) = summary.comparison.as_mut() {
                         comparison.absorb(Side::Actual, &alternative);
                     }
@@ -646,9 +701,13 @@ impl Shared<'_> {
                     if topic != Topic::Rates {
                         // A record without a time is taken at once (spec §4): no rate goes first.
                         if let Some(time) = decoded.time {
-                            what_if.take_rates(Some(time), self.options.until, &mut outputs);
+                            if let Err(poison) = what_if.take_rates(Some(time), self.options.until, &mut outputs) {
+                                return Ok(Err((true, poison)));
+                            }
                         }
-                        what_if.task.fold(&record, decoded, &mut outputs);
+                        if let Err(poison) = what_if.task.fold(&record, decoded, &mut outputs) {
+                            return Ok(Err((true, poison)));
+                        }
                         if let Some(comparison) = summary.comparison.as_mut() {
                             comparison.absorb(Side::WhatIf, &outputs);
                         }
@@ -661,7 +720,15 @@ impl Shared<'_> {
                 }
             }
             summary.outputs += outputs.len() as u64;
-            output.write(partition, &mut outputs, &mut encoded)?;
+            if to_skip > 0 {
+                // Sent by an earlier attempt.
+                to_skip -= 1;
+                outputs.clear();
+                encoded.clear();
+            } else {
+                output.write(partition, &mut outputs, &mut encoded)?;
+                *written += 1;
+            }
             since_commit += 1;
             if since_commit >= COMMIT_EVERY {
                 since_commit = 0;
@@ -669,12 +736,14 @@ impl Shared<'_> {
                 persist(&self.store, persisted)?;
             }
             if inputs[topic.index()].buffer.is_empty() {
-                inputs[topic.index()].fill(Duration::ZERO, &registry)?;
+                inputs[topic.index()].fill(Duration::ZERO, &registry, &self.config.fold.limits)?;
             }
         }
         if let Some(what_if) = what_if.as_mut() {
             // Rate cards after the last event: folded for a complete state.
-            what_if.take_rates(None, self.options.until, &mut outputs);
+            if let Err(poison) = what_if.take_rates(None, self.options.until, &mut outputs) {
+                return Ok(Err((true, poison)));
+            }
             if let Some(comparison) = summary.comparison.as_mut() {
                 comparison.absorb(Side::WhatIf, &outputs);
             }
@@ -695,7 +764,7 @@ impl Shared<'_> {
             close_in_background(input.consumer);
         }
         tracing::debug!(partition, "task's consumers closed");
-        Ok(summary)
+        Ok(Ok(summary))
     }
 }
 

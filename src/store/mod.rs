@@ -8,6 +8,7 @@
 //! both stores, and one conformance test runs over both.
 
 pub mod columns;
+#[cfg(feature = "io")]
 pub mod rocks;
 
 use std::collections::BTreeMap;

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use gpuledger::events::avro::{OutputEncoder, SchemaRegistry, INPUT_SCHEMAS};
-use gpuledger::events::{decode_record, Reason, Topic};
+use gpuledger::events::{decode_record, Limits, Reason, Topic};
 use serde_json::Value;
 
 fn examples() -> Vec<(String, Value)> {
@@ -40,7 +40,7 @@ fn every_input_type_has_an_example_that_decodes() {
     assert_eq!(stems, expected, "one example per input schema");
     for (stem, value) in &examples {
         let bytes = serde_json::to_vec(value).unwrap();
-        let decoded = decode_record(topic_of(stem), &bytes, &registry);
+        let decoded = decode_record(topic_of(stem), &bytes, &registry, &Limits::default());
         let event = decoded.event.unwrap_or_else(|rejection| panic!("{stem}: {rejection}"));
         assert_eq!(event.payload.type_name(), value["type"].as_str().unwrap(), "{stem}");
         assert!(decoded.time.is_some());
@@ -52,14 +52,15 @@ fn avro_single_object_and_confluent_decode_to_the_same_event_as_json() {
     let registry = SchemaRegistry::builtin();
     for (stem, value) in &examples() {
         let topic = topic_of(stem);
-        let json = decode_record(topic, &serde_json::to_vec(value).unwrap(), &registry).event.unwrap();
+        let json =
+            decode_record(topic, &serde_json::to_vec(value).unwrap(), &registry, &Limits::default()).event.unwrap();
         let single = registry.encode_single_object(stem, value).unwrap();
         assert_eq!(&single[..2], &[0xC3, 0x01]);
-        let from_single = decode_record(topic, &single, &registry).event.unwrap();
+        let from_single = decode_record(topic, &single, &registry, &Limits::default()).event.unwrap();
         let schema_id = INPUT_SCHEMAS.iter().position(|(name, _)| name == stem).unwrap() as u32 + 1;
         let confluent = registry.encode_confluent(schema_id, value).unwrap();
         assert_eq!(confluent[0], 0);
-        let from_confluent = decode_record(topic, &confluent, &registry).event.unwrap();
+        let from_confluent = decode_record(topic, &confluent, &registry, &Limits::default()).event.unwrap();
         // Same parsed content (times compare as instants): the same event,
         // duplicate digest included, whatever the wire format.
         assert_eq!(from_single, json, "{stem}");
@@ -73,12 +74,15 @@ fn broken_avro_is_undecodable() {
     let (stem, value) = &examples()[0];
     let mut single = registry.encode_single_object(stem, value).unwrap();
     single.truncate(single.len() - 3);
-    let rejection = decode_record(topic_of(stem), &single, &registry).event.unwrap_err();
+    let rejection = decode_record(topic_of(stem), &single, &registry, &Limits::default()).event.unwrap_err();
     assert_eq!(rejection.reason, Reason::Undecodable);
     let unknown_id = [0u8, 0, 0, 0, 99, 1, 2];
-    assert_eq!(decode_record(Topic::Deals, &unknown_id, &registry).event.unwrap_err().reason, Reason::Undecodable);
+    assert_eq!(
+        decode_record(Topic::Deals, &unknown_id, &registry, &Limits::default()).event.unwrap_err().reason,
+        Reason::Undecodable
+    );
     let unknown_print = [0xC3u8, 0x01, 1, 2, 3, 4, 5, 6, 7, 8, 0];
-    let rejection = decode_record(Topic::Deals, &unknown_print, &registry).event.unwrap_err();
+    let rejection = decode_record(Topic::Deals, &unknown_print, &registry, &Limits::default()).event.unwrap_err();
     assert!(rejection.detail.contains("fingerprint"), "{}", rejection.detail);
 }
 

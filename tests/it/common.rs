@@ -34,6 +34,7 @@ pub fn options(inputs: &Path, out: &Path) -> BatchOptions {
         fold: FoldConfig::default(),
         commit_every: 1_000,
         until: None,
+        inject_crash: None,
     }
 }
 

@@ -167,7 +167,7 @@ fn live_processing_equals_batch_mode_and_restarts_resume_without_refolding() {
             letter["reason"].as_str().unwrap().to_owned()
         })
         .collect();
-    for reason in gpuledger::events::Reason::ALL {
+    for reason in gpuledger::events::Reason::OF_INPUT {
         assert!(reasons.contains(reason.as_str()), "no {reason} dead letter: {reasons:?}");
     }
 
@@ -754,4 +754,84 @@ fn produce_can_stamp_records_with_their_event_time() {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
     let produced = stamps["gpuledger.metering"];
     assert!((now - 600_000..=now).contains(&produced), "produce time expected, got {produced}");
+}
+
+/// Spec §5 v1.1: a record whose fold panics (fault injection: metering
+/// offset 40 of every partition) becomes an `internal_error` dead letter,
+/// the task is rebuilt from its committed state and goes on, and what the
+/// topics hold equals batch mode with the same injected panics.
+#[test]
+fn a_record_that_panics_live_is_dead_lettered_and_the_partition_goes_on() {
+    let (broker, dir, inputs) = loaded_broker(300, 30 * gpuledger::units::MINUTE_MS, 4);
+    let state = dir.join("state");
+    let output = gpuledger_with(
+        &broker,
+        &["run", "--exit-when-caught-up", "--state-dir", path(&state)],
+        &[("GPULEDGER_PROCESSOR__INJECT_PANIC_AT", "metering:40"), ("GPULEDGER_PROCESSOR__COMMIT_INTERVAL", "10ms")],
+    );
+    let stats: Value = serde_json::from_str(String::from_utf8(output.stdout).unwrap().lines().last().unwrap()).unwrap();
+    assert_eq!(stats["internal_errors"], 4, "{stats}");
+    let exported = dir.join("export-panics");
+    gpuledger(&broker, &["export", "--out", path(&exported)]);
+    let folded = dir.join("fold-panics");
+    let mut options = super::common::options(&inputs, &folded);
+    options.partitions = 4;
+    options.fold.inject_panic_at = Some((gpuledger::events::Topic::Metering, 40));
+    super::common::fold(&options);
+    for stream in STREAMS {
+        assert_same_records(&lines(&exported, stream), &lines(&folded, stream), &format!("panics: {stream}"), &dir);
+    }
+    let internal: Vec<Value> = lines(&exported, "dead-letter")
+        .iter()
+        .map(|line| serde_json::from_str::<Value>(line).unwrap())
+        .filter(|letter| letter["reason"] == "internal_error")
+        .collect();
+    assert_eq!(internal.len(), 4);
+    assert!(internal.iter().all(|letter| letter["offset"] == 40 && letter["topic"] == "metering"));
+    let report = gpuledger::audit::audit(&exported, false).unwrap();
+    assert!(report.violations.is_empty(), "{:#?}", report.violations);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The bad-input catalogue (`catalogue.rs`) produced to a live broker at
+/// once, after a base world: the processor reaches caught-up and exits 0,
+/// and every bad record is in the dead-letter topic with its reason.
+#[test]
+fn the_bad_input_catalogue_reaches_the_dead_letter_topic_live() {
+    let (broker, dir) = small_broker();
+    let cases = super::catalogue::catalogue();
+    let mut inputs = super::catalogue::base();
+    let mut expected = std::collections::BTreeMap::new();
+    for case in &cases {
+        let lines = &mut inputs[case.topic.index()];
+        expected.insert((case.topic.name().to_owned(), lines.len() as i64), (case.name, case.reason));
+        lines.push(case.bytes.clone());
+    }
+    let input_dir = dir.path().join("inputs");
+    super::catalogue::write_inputs(&input_dir, &inputs);
+    produce(&broker, &input_dir);
+    let state = dir.path().join("state");
+    let limit = super::catalogue::limits().max_record_bytes.to_string();
+    gpuledger_with(
+        &broker,
+        &["run", "--exit-when-caught-up", "--state-dir", path(&state)],
+        &[("GPULEDGER_LIMITS__MAX_RECORD_BYTES", &limit)],
+    );
+    let exported = dir.path().join("export");
+    gpuledger(&broker, &["export", "--out", path(&exported), "--topics", "dead-letter"]);
+    let mut found = std::collections::BTreeMap::new();
+    for line in lines(&exported, "dead-letter") {
+        let letter: Value = serde_json::from_str(&line).unwrap();
+        let position = (letter["topic"].as_str().unwrap().to_owned(), letter["offset"].as_i64().unwrap());
+        found.insert(position, letter["reason"].as_str().unwrap().to_owned());
+    }
+    let mut wrong = Vec::new();
+    for (position, (name, reason)) in &expected {
+        match found.get(position) {
+            Some(actual) if actual == reason => {}
+            other => wrong.push(format!("{name}: expected {reason}, dead letter {other:?}")),
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    assert_eq!(found.len(), expected.len(), "only the catalogue's records are dead letters");
 }

@@ -1,7 +1,9 @@
 mod batch;
+mod catalogue;
 mod codec;
 mod common;
 mod golden;
 mod kafka;
 mod props;
+mod robust;
 mod store;

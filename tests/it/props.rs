@@ -259,7 +259,7 @@ fn config() -> FoldConfig {
 fn run(records: &[(InputRecord, Decoded)], task: &mut Task) -> Vec<Output> {
     let mut outputs = Vec::new();
     for (record, decoded) in records {
-        task.fold(record, decoded.clone(), &mut outputs);
+        task.fold(record, decoded.clone(), &mut outputs).expect("no internal error");
     }
     outputs
 }

@@ -41,7 +41,7 @@ fn rocksdb_and_memory_stores_hold_the_same_state_as_the_fold() {
     let mut task = Task::new(FoldConfig::default(), TaskState::default());
     let mut outputs = Vec::new();
     for (index, record) in records(&inputs).iter().enumerate() {
-        task.fold(record, decode(record), &mut outputs);
+        task.fold(record, decode(record), &mut outputs).expect("no internal error");
         if index % 97 == 0 {
             let changes = task.take_changes();
             rocks.write(commit_ops(task.state(), &changes)).unwrap();
