@@ -28,9 +28,18 @@ build: deps ## build the gpuledger binary (release)
 	$(CARGO) build --release --locked
 
 .PHONY: test
-test: deps ## run every test (unit, integration, property, golden) and the bench harness on a tiny workload
+test: deps ## run every test (unit, integration, property, golden), a fuzz smoke and the bench harness on a tiny workload
 	$(CARGO) test --release --locked
+	@$(MAKE) --no-print-directory fuzz-smoke
 	@$(MAKE) --no-print-directory bench-smoke
+
+.PHONY: fuzz-smoke
+fuzz-smoke: ## every fuzz target for 12 s from its seed corpus (part of make test); a crash fails
+	@scripts/fuzz.sh 12
+
+.PHONY: fuzz
+fuzz: ## every fuzz target for FUZZ_SECONDS (default 600) with cargo-afl; figures in docs/fuzzing.md
+	@scripts/fuzz.sh $${FUZZ_SECONDS:-600}
 
 .PHONY: demo
 demo: build ## the Philly workload through the live processor on a local broker; prints balances

@@ -374,6 +374,13 @@ impl Config {
                 0,
             ),
         };
+        // A dead letter's value is one Avro string for Avro outputs.
+        if fold.limits.dead_letter_value_bytes > crate::events::avro::MAX_AVRO_ALLOCATION {
+            problems.push(format!(
+                "limits.dead_letter_value_bytes must be at most {}",
+                crate::events::avro::MAX_AVRO_ALLOCATION
+            ));
+        }
         let bootstrap_servers = raw.kafka.bootstrap_servers.clone().unwrap_or_default();
         if bootstrap_servers.trim().is_empty() {
             problems.push(

@@ -56,6 +56,19 @@ pub fn is_avro(bytes: &[u8]) -> bool {
     bytes.starts_with(&SINGLE_OBJECT_MAGIC) || (bytes.len() >= 5 && bytes[0] == CONFLUENT_MAGIC)
 }
 
+/// The most the Avro decoder may allocate for one length it reads: a
+/// string, bytes, or the count of an array or map block. The library checks
+/// a block's *count* against this but then reserves count × element size,
+/// so its default (512 MiB) let a 40-byte record ask for 43 GB and abort
+/// the process (found by fuzzing, `fuzz/`). Any honest count or length is
+/// below a record's size; strings are at most `limits.max_string_bytes`.
+pub const MAX_AVRO_ALLOCATION: usize = 256 << 10;
+
+/// Sets [`MAX_AVRO_ALLOCATION`] for the process (once; later calls keep it).
+pub fn bound_allocations() {
+    apache_avro::max_allocation_bytes(MAX_AVRO_ALLOCATION);
+}
+
 pub fn fingerprint(schema: &Schema) -> [u8; 8] {
     let bytes = schema.fingerprint::<Rabin>().bytes;
     bytes.try_into().expect("CRC-64-AVRO is 8 bytes")
@@ -72,6 +85,7 @@ pub struct SchemaRegistry {
 impl SchemaRegistry {
     /// The input schemas, with Confluent ids 1..=8.
     pub fn builtin() -> SchemaRegistry {
+        bound_allocations();
         let mut registry =
             SchemaRegistry { schemas: Vec::new(), by_fingerprint: HashMap::new(), by_id: BTreeMap::new() };
         for (index, (name, text)) in INPUT_SCHEMAS.iter().enumerate() {
@@ -281,6 +295,7 @@ pub struct OutputEncoder {
 
 impl Default for OutputEncoder {
     fn default() -> Self {
+        bound_allocations();
         let schemas = OUTPUT_SCHEMAS
             .iter()
             .map(|(name, text)| {
