@@ -10,6 +10,7 @@ echo "== workload (Philly GPU trace, Jeon et al., USENIX ATC '19, CC-BY-4.0)"
 "$bin" gen --trace "$trace" --out "$dir/workload"
 records=$(cat "$dir/workload/"{rates,deals,metering}.jsonl | wc -l)
 results=()
+record_results=()
 for run in $(seq 1 "$runs"); do
   rm -rf "$dir/out" "$dir/state"
   start=$(date +%s.%N)
@@ -21,7 +22,30 @@ for run in $(seq 1 "$runs"); do
   printf 'run %d: %.2f s, %.0f records/s, %.0f usage events/s\n' "$run" "$seconds" \
     "$(echo "$records / $seconds" | bc -l)" "$(echo "$usage / $seconds" | bc -l)"
   results+=("$(echo "$usage / $seconds" | bc -l)")
+  record_results+=("$(echo "$records / $seconds" | bc -l)")
 done
 median=$(printf '%s\n' "${results[@]}" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
 printf 'median of %d runs: %.0f usage events/s (%d records, %s usage events accepted), machine: %s cores, %s\n' \
   "$runs" "$median" "$records" "$usage" "$(nproc)" "$(free -h | awk '/Mem:/ {print $2}') RAM"
+
+# One start-up with 20,000 grants and 20,000 usage events: its cost per
+# record must not grow with its history (burn-down index, running totals,
+# commits that write only what changed). Same binary, same runs.
+many="$dir/many-grants"
+python3 "$(dirname "$0")/gen-many-grants.py" "$many/workload" "${MANY_GRANTS:-20000}"
+many_records=$(cat "$many/workload/"{rates,deals,metering}.jsonl | wc -l)
+many_results=()
+for run in $(seq 1 "$runs"); do
+  rm -rf "$many/out" "$many/state"
+  start=$(date +%s.%N)
+  "$bin" fold --rates "$many/workload/rates.jsonl" --deals "$many/workload/deals.jsonl" \
+    --metering "$many/workload/metering.jsonl" --out "$many/out" --state-dir "$many/state" >"$many/run-$run.txt" 2>"$many/run-$run.log"
+  end=$(date +%s.%N)
+  seconds=$(echo "$end - $start" | bc -l)
+  printf 'many grants, run %d: %.2f s, %.0f records/s\n' "$run" "$seconds" "$(echo "$many_records / $seconds" | bc -l)"
+  many_results+=("$(echo "$many_records / $seconds" | bc -l)")
+done
+many_median=$(printf '%s\n' "${many_results[@]}" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
+all_median=$(printf '%s\n' "${record_results[@]}" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
+printf 'one start-up with %d grants: median %.0f records/s (%d records), %.2fx the Philly workload'"'"'s median %.0f records/s\n' \
+  "${MANY_GRANTS:-20000}" "$many_median" "$many_records" "$(echo "$all_median / $many_median" | bc -l)" "$all_median"

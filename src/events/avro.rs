@@ -66,7 +66,7 @@ pub const MAX_AVRO_ALLOCATION: usize = 256 << 10;
 
 /// Sets [`MAX_AVRO_ALLOCATION`] for the process (once; later calls keep it).
 pub fn bound_allocations() {
-    apache_avro::max_allocation_bytes(MAX_AVRO_ALLOCATION);
+    apache_avro::util::max_allocation_bytes(MAX_AVRO_ALLOCATION);
 }
 
 pub fn fingerprint(schema: &Schema) -> [u8; 8] {

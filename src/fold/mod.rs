@@ -155,7 +155,14 @@ impl Task {
 
     /// What changed since the last call; the caller persists it.
     pub fn take_changes(&mut self) -> Changes {
-        std::mem::take(&mut self.changes)
+        let mut changes = std::mem::take(&mut self.changes);
+        for id in &changes.startups {
+            let Some(startup) = self.state.startups.get_mut(id) else { continue };
+            let dirty = std::mem::take(&mut startup.dirty);
+            changes.grants.extend(dirty.grants.into_iter().map(|grant| (id.clone(), grant)));
+            changes.deals.extend(dirty.deals.into_iter().map(|deal| (id.clone(), deal)));
+        }
+        changes
     }
 
     /// Folds one record, taken by the merge, appending its outputs, and

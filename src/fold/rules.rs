@@ -40,17 +40,18 @@ pub struct Effect {
 /// ordered by (due time, kind, grant id). Allocates only when one is due.
 pub fn next_effect(startup: &Startup, config: &FoldConfig) -> Option<Effect> {
     let clock = startup.clock;
+    // Each index is ordered by (expires_at, grant id): its first entry is
+    // its earliest effect, due at a fixed offset from expires_at.
+    let alert = startup.index.alerts.first().map(|(expires_at, grant_id)| {
+        (expires_at.saturating_sub(EXPIRING_NOTICE), EffectKind::ExpiringAlert, grant_id.as_str())
+    });
+    let expiry = startup.index.expiries.first().map(|(expires_at, grant_id)| {
+        (expires_at.saturating_add(config.expiry_grace), EffectKind::Expiry, grant_id.as_str())
+    });
     let mut best: Option<(Millis, EffectKind, &str)> = None;
-    for grant in startup.grants.values().filter(|grant| grant.is_open()) {
-        let Some(expires_at) = grant.expires_at else { continue };
-        let alert = (grant.expiring_alerted_for != Some(expires_at))
-            .then(|| (expires_at.saturating_sub(EXPIRING_NOTICE), EffectKind::ExpiringAlert, grant.grant_id.as_str()));
-        let expiry =
-            Some((expires_at.saturating_add(config.expiry_grace), EffectKind::Expiry, grant.grant_id.as_str()));
-        for candidate in [alert, expiry].into_iter().flatten() {
-            if candidate.0 <= clock && best.is_none_or(|current| candidate < current) {
-                best = Some(candidate);
-            }
+    for candidate in [alert, expiry].into_iter().flatten() {
+        if candidate.0 <= clock && best.is_none_or(|current| candidate < current) {
+            best = Some(candidate);
         }
     }
     // A close is the only effect of its kind: its target never decides.
@@ -67,9 +68,11 @@ pub fn next_effect(startup: &Startup, config: &FoldConfig) -> Option<Effect> {
 pub fn fire(startup: &mut Startup, effect: &Effect, config: &FoldConfig, outputs: &mut Vec<Output>) -> bool {
     match effect.kind {
         EffectKind::ExpiringAlert => {
-            let grant = startup.grants.get_mut(&effect.target).expect("effects name known grants");
+            startup
+                .update_grant(&effect.target, |grant| grant.expiring_alerted_for = grant.expires_at)
+                .expect("effects name known grants");
+            let grant = &startup.grants[&effect.target];
             let expires_at = grant.expires_at.expect("only grants with an expiry warn of it");
-            grant.expiring_alerted_for = Some(expires_at);
             let remaining = grant.remaining_face();
             if remaining > 0 {
                 let expires_text = format_millis(expires_at);
@@ -209,13 +212,17 @@ fn close_month(startup: &mut Startup, month: Month, due: Millis) -> Statement {
 
 /// Expiry (§9): the remaining face expires; what is still unearned is breakage.
 fn expire(startup: &mut Startup, grant_id: &str, outputs: &mut Vec<Output>) {
-    let grant = startup.grants.get_mut(grant_id).expect("effects name known grants");
-    let expires_at = grant.expires_at.expect("only grants with an expiry expire");
-    let expired = grant.remaining_face();
-    let breakage = grant.unearned();
-    grant.expired_face += expired;
-    grant.revenue_breakage += breakage;
-    grant.state = GrantState::Expired;
+    let (expires_at, expired, breakage) = startup
+        .update_grant(grant_id, |grant| {
+            let expired = grant.remaining_face();
+            let breakage = grant.unearned();
+            grant.expired_face += expired;
+            grant.revenue_breakage += breakage;
+            grant.state = GrantState::Expired;
+            (grant.expires_at.expect("only grants with an expiry expire"), expired, breakage)
+        })
+        .expect("effects name known grants");
+    let grant = &startup.grants[grant_id];
     let (currency, consideration, deal_id) = (grant.currency.clone(), grant.consideration, grant.deal_id.clone());
     let flows = PeriodFigures { expired_face: expired, revenue_breakage: breakage, ..PeriodFigures::default() };
     let (period, adjusts_period) = book(startup, expires_at, &currency, &flows);
@@ -258,7 +265,7 @@ pub fn apply(
         Payload::DealSigned(deal) => deal_signed(startup, topic, event, deal, outputs),
         Payload::CreditGranted(grant) => credit_granted(startup, topic, event, grant, outputs),
         Payload::GrantExtended { grant_id, expires_at } => {
-            let Some(grant) = startup.grants.get_mut(grant_id) else {
+            let Some(grant) = startup.grants.get(grant_id) else {
                 return reject(Reason::UnknownGrant, format!("no grant {grant_id:?} for this start-up"));
             };
             match grant.expires_at {
@@ -270,7 +277,7 @@ pub fn apply(
                     reject(Reason::InvalidTransition, "an extension must move expires_at strictly later")
                 }
                 Some(_) => {
-                    grant.expires_at = Some(*expires_at);
+                    startup.update_grant(grant_id, |grant| grant.expires_at = Some(*expires_at));
                     Ok(())
                 }
             }
@@ -290,14 +297,14 @@ pub fn apply(
             Ok(())
         }
         Payload::DealCancelled { deal_id } => {
-            let Some(deal) = startup.deals.get_mut(deal_id) else {
+            let Some(deal) = startup.deals.get(deal_id) else {
                 return reject(Reason::UnknownDeal, format!("no deal {deal_id:?} for this start-up"));
             };
             if deal.cancelled {
                 return reject(Reason::InvalidTransition, format!("deal {deal_id:?} is already cancelled"));
             }
-            deal.cancelled = true;
             let currency = deal.currency.clone();
+            startup.update_deal(deal_id, |deal| deal.cancelled = true);
             // BTreeMap order: grant ids ascending, bytewise.
             let open: Vec<String> = startup
                 .grants
@@ -330,12 +337,7 @@ fn fits_i64_i128(total: i128, more: i64) -> bool {
 /// prices of all deals plus those of grants outside deals. The fold refuses
 /// an event that would take it beyond 64 bits, so those sums always fit.
 fn rpo_bound(startup: &Startup, currency: &str) -> i128 {
-    let (deal_prices, granted_on_deals) = startup.deals.values().filter(|deal| deal.currency == currency).fold(
-        (0i128, 0i128),
-        |(prices, granted), deal| {
-            (prices + i128::from(deal.transaction_price), granted + i128::from(deal.granted_price))
-        },
-    );
+    let (deal_prices, granted_on_deals) = startup.index.deal_totals.get(currency).copied().unwrap_or_default();
     let granted = startup.figures.get(currency).map_or(0, |figures| i128::from(figures.granted_transaction_price));
     deal_prices + (granted - granted_on_deals)
 }
@@ -354,20 +356,17 @@ fn deal_signed(
     if !fits_i64_i128(rpo_bound(startup, &signed.currency), transaction_price) {
         return reject(Reason::InvalidField, "the start-up's deal prices would exceed 64 bits");
     }
-    startup.deals.insert(
-        signed.deal_id.clone(),
-        Deal {
-            deal_id: signed.deal_id.clone(),
-            investor: signed.investor.clone(),
-            currency: signed.currency.clone(),
-            cash_amount: signed.cash_amount,
-            face: signed.credit_face_amount,
-            transaction_price,
-            granted_face: 0,
-            granted_price: 0,
-            cancelled: false,
-        },
-    );
+    startup.insert_deal(Deal {
+        deal_id: signed.deal_id.clone(),
+        investor: signed.investor.clone(),
+        currency: signed.currency.clone(),
+        cash_amount: signed.cash_amount,
+        face: signed.credit_face_amount,
+        transaction_price,
+        granted_face: 0,
+        granted_price: 0,
+        cancelled: false,
+    });
     let (period, adjusts_period) = book(startup, event.time, &signed.currency, &PeriodFigures::default());
     let mut entries = entries_for(topic, startup, event, period, adjusts_period);
     entries.write(
@@ -459,34 +458,33 @@ fn credit_granted(
     if granted.deal_id.is_none() && !fits_i64_i128(rpo_bound(startup, &granted.currency), transaction_price) {
         return reject(Reason::InvalidField, "the start-up's transaction prices would exceed 64 bits");
     }
-    if let Some(deal) = granted.deal_id.as_ref().and_then(|deal_id| startup.deals.get_mut(deal_id)) {
-        deal.granted_face += face;
-        deal.granted_price += transaction_price;
+    if let Some(deal_id) = &granted.deal_id {
+        startup.update_deal(deal_id, |deal| {
+            deal.granted_face += face;
+            deal.granted_price += transaction_price;
+        });
     }
-    startup.grants.insert(
-        granted.grant_id.clone(),
-        Grant {
-            grant_id: granted.grant_id.clone(),
-            deal_id: granted.deal_id.clone(),
-            currency: granted.currency.clone(),
-            consideration: granted.consideration,
-            escrow: granted.escrow,
-            priority: granted.priority,
-            effective_at: granted.effective_at,
-            expires_at: granted.expires_at,
-            face,
-            transaction_price,
-            consumed_face: 0,
-            expired_face: 0,
-            revoked_face: 0,
-            revenue_compute: 0,
-            revenue_breakage: 0,
-            revocation_reversal: 0,
-            state: GrantState::Open,
-            consumed_alerts: 0,
-            expiring_alerted_for: None,
-        },
-    );
+    startup.insert_grant(Grant {
+        grant_id: granted.grant_id.clone(),
+        deal_id: granted.deal_id.clone(),
+        currency: granted.currency.clone(),
+        consideration: granted.consideration,
+        escrow: granted.escrow,
+        priority: granted.priority,
+        effective_at: granted.effective_at,
+        expires_at: granted.expires_at,
+        face,
+        transaction_price,
+        consumed_face: 0,
+        expired_face: 0,
+        revoked_face: 0,
+        revenue_compute: 0,
+        revenue_breakage: 0,
+        revocation_reversal: 0,
+        state: GrantState::Open,
+        consumed_alerts: 0,
+        expiring_alerted_for: None,
+    });
     let flows =
         PeriodFigures { granted_face: face, granted_transaction_price: transaction_price, ..PeriodFigures::default() };
     let (period, adjusts_period) = book(startup, event.time, &granted.currency, &flows);
@@ -522,15 +520,19 @@ fn revoke_all(
     let mut flows = PeriodFigures::default();
     let mut reversals = Vec::with_capacity(grant_ids.len());
     for grant_id in grant_ids {
-        let grant = startup.grants.get_mut(grant_id).expect("revoking known grants");
-        let revoked = grant.remaining_face();
-        let reversal = grant.unearned();
-        grant.revoked_face += revoked;
-        grant.revocation_reversal += reversal;
-        grant.state = GrantState::Revoked;
+        let (revoked, reversal, consideration, deal_id) = startup
+            .update_grant(grant_id, |grant| {
+                let revoked = grant.remaining_face();
+                let reversal = grant.unearned();
+                grant.revoked_face += revoked;
+                grant.revocation_reversal += reversal;
+                grant.state = GrantState::Revoked;
+                (revoked, reversal, grant.consideration, grant.deal_id.clone())
+            })
+            .expect("revoking known grants");
         flows.revoked_face += revoked;
         flows.revocation_reversal += reversal;
-        reversals.push((grant_id, grant.consideration, grant.deal_id.clone(), reversal));
+        reversals.push((grant_id, consideration, deal_id, reversal));
     }
     let (period, adjusts_period) = book(startup, event.time, currency, &flows);
     let mut entries = entries_for(topic, startup, event, period, adjusts_period);
@@ -590,29 +592,22 @@ fn gpu_usage(
     }
 
     // Burn-down (§8): eligible grants by priority, expiry (none last),
-    // effective_at, grant id.
+    // effective_at, grant id — the index's order, which holds only open
+    // grants with face left; enough of them to cover the cost are taken.
     let time = event.time;
-    let mut eligible: Vec<&Grant> = startup
-        .grants
-        .values()
-        .filter(|grant| {
-            grant.is_open()
-                && &grant.currency == currency
-                && grant.effective_at <= time
-                && grant.expires_at.is_none_or(|expires_at| time < expires_at)
-                && grant.remaining_face() > 0
-        })
-        .collect();
-    eligible.sort_by(|left, right| {
-        (left.priority, left.expires_at.is_none(), left.expires_at, left.effective_at, &left.grant_id).cmp(&(
-            right.priority,
-            right.expires_at.is_none(),
-            right.expires_at,
-            right.effective_at,
-            &right.grant_id,
-        ))
-    });
-    let order: Vec<String> = eligible.into_iter().map(|grant| grant.grant_id.clone()).collect();
+    let mut order: Vec<String> = Vec::new();
+    let mut covered = 0i128;
+    for (_, _, _, _, grant_id) in startup.index.burn.get(currency).into_iter().flatten() {
+        if covered >= i128::from(cost) {
+            break;
+        }
+        let grant = &startup.grants[grant_id];
+        let eligible = grant.effective_at <= time && grant.expires_at.is_none_or(|expires_at| time < expires_at);
+        if eligible {
+            covered += i128::from(grant.remaining_face());
+            order.push(grant_id.clone());
+        }
+    }
     let mut owed = cost;
     let mut draws = Vec::new();
     let mut alerts = Vec::new();
@@ -621,26 +616,33 @@ fn gpu_usage(
         if owed == 0 {
             break;
         }
-        let grant = startup.grants.get_mut(&grant_id).expect("eligible grants exist");
-        let face = grant.remaining_face().min(owed);
-        let price = i128::from(grant.transaction_price);
-        let denominator = i128::from(grant.face);
-        let consumed_before = i128::from(grant.consumed_face);
-        let revenue = (mul_div_round(consumed_before + i128::from(face), price, denominator).expect("fits 128 bits")
-            - mul_div_round(consumed_before, price, denominator).expect("fits 128 bits")) as i64;
-        grant.consumed_face += face;
-        grant.revenue_compute += revenue;
+        let (face, revenue, deal_id, consideration) = startup
+            .update_grant(&grant_id, |grant| {
+                let face = grant.remaining_face().min(owed);
+                let price = i128::from(grant.transaction_price);
+                let denominator = i128::from(grant.face);
+                let consumed_before = i128::from(grant.consumed_face);
+                let revenue = (mul_div_round(consumed_before + i128::from(face), price, denominator)
+                    .expect("fits 128 bits")
+                    - mul_div_round(consumed_before, price, denominator).expect("fits 128 bits"))
+                    as i64;
+                grant.consumed_face += face;
+                grant.revenue_compute += revenue;
+                for (bit, threshold) in CONSUMED_THRESHOLDS.iter().enumerate() {
+                    let reached =
+                        i128::from(grant.consumed_face) * 100 >= i128::from(*threshold) * i128::from(grant.face);
+                    if reached && grant.consumed_alerts & (1 << bit) == 0 {
+                        grant.consumed_alerts |= 1 << bit;
+                        alerts.push((grant.grant_id.clone(), *threshold, grant.remaining_face()));
+                    }
+                }
+                (face, revenue, grant.deal_id.clone(), grant.consideration)
+            })
+            .expect("eligible grants exist");
         owed -= face;
         flows.consumed_face += face;
         flows.revenue_compute += revenue;
-        for (bit, threshold) in CONSUMED_THRESHOLDS.iter().enumerate() {
-            let reached = i128::from(grant.consumed_face) * 100 >= i128::from(*threshold) * i128::from(grant.face);
-            if reached && grant.consumed_alerts & (1 << bit) == 0 {
-                grant.consumed_alerts |= 1 << bit;
-                alerts.push((grant.grant_id.clone(), *threshold, grant.remaining_face()));
-            }
-        }
-        draws.push((grant_id, grant.deal_id.clone(), grant.consideration, face, revenue));
+        draws.push((grant_id, deal_id, consideration, face, revenue));
     }
     let overage = owed;
     flows.overage = overage;

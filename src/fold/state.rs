@@ -211,7 +211,99 @@ pub struct Startup {
     /// Kept in its own column family, not in the start-up's record.
     #[serde(skip)]
     pub dedup: Dedup,
+    /// Derived from the grants and deals (rebuilt on load, kept in step by
+    /// every change through [`Startup::update_grant`] and its kin).
+    #[serde(skip)]
+    pub index: GrantIndex,
+    /// Grants and deals changed since the last commit.
+    #[serde(skip)]
+    pub dirty: Dirty,
 }
+
+/// Burn-down order of a grant (spec §8): priority, expiry (none last),
+/// effective_at, grant id.
+pub type BurnKey = (u8, bool, Millis, Millis, String);
+
+/// What the rules ask of a start-up's grants and deals on every event,
+/// kept ordered so the answer costs what it returns, not the history.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GrantIndex {
+    /// Open grants with face left, per currency, in burn-down order.
+    pub burn: BTreeMap<String, BTreeSet<BurnKey>>,
+    /// Open grants with an expiry: (expires_at, grant id).
+    pub expiries: BTreeSet<(Millis, String)>,
+    /// Open grants whose `grant_expiring` alert for their current expiry
+    /// is still to be judged: (expires_at, grant id).
+    pub alerts: BTreeSet<(Millis, String)>,
+    /// Per currency: transaction prices of all deals, and the part granted.
+    pub deal_totals: BTreeMap<String, (i128, i128)>,
+}
+
+impl GrantIndex {
+    fn burn_key(grant: &Grant) -> BurnKey {
+        (
+            grant.priority,
+            grant.expires_at.is_none(),
+            grant.expires_at.unwrap_or(0),
+            grant.effective_at,
+            grant.grant_id.clone(),
+        )
+    }
+
+    fn add_grant(&mut self, grant: &Grant) {
+        if !grant.is_open() {
+            return;
+        }
+        if grant.remaining_face() > 0 {
+            self.burn.entry(grant.currency.clone()).or_default().insert(Self::burn_key(grant));
+        }
+        if let Some(expires_at) = grant.expires_at {
+            self.expiries.insert((expires_at, grant.grant_id.clone()));
+            if grant.expiring_alerted_for != Some(expires_at) {
+                self.alerts.insert((expires_at, grant.grant_id.clone()));
+            }
+        }
+    }
+
+    fn remove_grant(&mut self, grant: &Grant) {
+        if let Some(burn) = self.burn.get_mut(&grant.currency) {
+            burn.remove(&Self::burn_key(grant));
+            if burn.is_empty() {
+                self.burn.remove(&grant.currency);
+            }
+        }
+        if let Some(expires_at) = grant.expires_at {
+            let entry = (expires_at, grant.grant_id.clone());
+            self.expiries.remove(&entry);
+            self.alerts.remove(&entry);
+        }
+    }
+
+    fn add_deal(&mut self, deal: &Deal, sign: i128) {
+        let totals = self.deal_totals.entry(deal.currency.clone()).or_default();
+        totals.0 += sign * i128::from(deal.transaction_price);
+        totals.1 += sign * i128::from(deal.granted_price);
+        if *totals == (0, 0) {
+            self.deal_totals.remove(&deal.currency);
+        }
+    }
+}
+
+/// Names of the grants and deals changed since the last commit, so it
+/// writes just those. Bookkeeping, not state: always equal.
+#[derive(Clone, Debug, Default)]
+pub struct Dirty {
+    pub grants: BTreeSet<String>,
+    pub deals: BTreeSet<String>,
+}
+
+impl PartialEq for Dirty {
+    fn eq(&self, _other: &Dirty) -> bool {
+        true
+    }
+}
+
+impl Eq for Dirty {}
 
 impl Startup {
     pub fn new(id: &str, clock: Millis) -> Startup {
@@ -225,7 +317,59 @@ impl Startup {
             book: PeriodBook::default(),
             overage_alerted: BTreeSet::new(),
             dedup: Dedup::default(),
+            index: GrantIndex::default(),
+            dirty: Dirty::default(),
         }
+    }
+
+    /// Rebuilds [`Startup::index`] from the grants and deals (after a load).
+    pub fn rebuild_index(&mut self) {
+        let mut index = GrantIndex::default();
+        for grant in self.grants.values() {
+            index.add_grant(grant);
+        }
+        for deal in self.deals.values() {
+            index.add_deal(deal, 1);
+        }
+        self.index = index;
+    }
+
+    /// Adds a new grant.
+    pub fn insert_grant(&mut self, grant: Grant) {
+        self.index.add_grant(&grant);
+        self.dirty.grants.insert(grant.grant_id.clone());
+        self.grants.insert(grant.grant_id.clone(), grant);
+    }
+
+    /// Changes a grant, keeping the index in step; `None` for an unknown grant.
+    pub fn update_grant<R>(&mut self, grant_id: &str, change: impl FnOnce(&mut Grant) -> R) -> Option<R> {
+        let grant = self.grants.get_mut(grant_id)?;
+        self.index.remove_grant(grant);
+        let result = change(grant);
+        self.index.add_grant(grant);
+        if !self.dirty.grants.contains(grant_id) {
+            self.dirty.grants.insert(grant_id.to_owned());
+        }
+        Some(result)
+    }
+
+    /// Adds a new deal.
+    pub fn insert_deal(&mut self, deal: Deal) {
+        self.index.add_deal(&deal, 1);
+        self.dirty.deals.insert(deal.deal_id.clone());
+        self.deals.insert(deal.deal_id.clone(), deal);
+    }
+
+    /// Changes a deal, keeping the index in step; `None` for an unknown deal.
+    pub fn update_deal<R>(&mut self, deal_id: &str, change: impl FnOnce(&mut Deal) -> R) -> Option<R> {
+        let deal = self.deals.get_mut(deal_id)?;
+        self.index.add_deal(deal, -1);
+        let result = change(deal);
+        self.index.add_deal(deal, 1);
+        if !self.dirty.deals.contains(deal_id) {
+            self.dirty.deals.insert(deal_id.to_owned());
+        }
+        Some(result)
     }
 }
 
@@ -316,6 +460,9 @@ pub struct Changes {
     pub identities: BTreeMap<String, Vec<(IdentityKey, Option<Remembered>)>>,
     pub rate_cards: BTreeSet<(RateKey, Millis)>,
     pub rate_identities: BTreeMap<IdentityKey, Digest>,
+    /// Grants and deals changed, as (start-up, id) (see [`Dirty`]).
+    pub grants: BTreeSet<(String, String)>,
+    pub deals: BTreeSet<(String, String)>,
     pub task_meta: bool,
     pub checkpoints: Vec<Checkpoint>,
 }

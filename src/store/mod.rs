@@ -79,14 +79,18 @@ pub fn commit_ops(state: &TaskState, changes: &Changes) -> Vec<Op> {
     for id in &changes.startups {
         let Some(startup) = state.startups.get(id) else { continue };
         put(&mut ops, Column::Startups, columns::startup_key(partition, id), json(startup));
-        // A start-up holds few grants and deals: rewriting them all keeps
-        // the change tracking simple.
-        for (grant_id, grant) in &startup.grants {
-            put(&mut ops, Column::Grants, columns::child_key(partition, id, grant_id), json(grant));
-        }
-        for (deal_id, deal) in &startup.deals {
-            put(&mut ops, Column::Deals, columns::child_key(partition, id, deal_id), json(deal));
-        }
+    }
+    // Only the grants and deals that changed: a start-up with a long history
+    // costs a commit what it changed, not what it holds.
+    for (startup, grant_id) in &changes.grants {
+        let Some(grant) = state.startups.get(startup).and_then(|startup| startup.grants.get(grant_id)) else {
+            continue;
+        };
+        put(&mut ops, Column::Grants, columns::child_key(partition, startup, grant_id), json(grant));
+    }
+    for (startup, deal_id) in &changes.deals {
+        let Some(deal) = state.startups.get(startup).and_then(|startup| startup.deals.get(deal_id)) else { continue };
+        put(&mut ops, Column::Deals, columns::child_key(partition, startup, deal_id), json(deal));
     }
     for (startup, list) in &changes.identities {
         for (identity, remembered) in list {
@@ -167,6 +171,9 @@ pub fn load_task(store: &dyn KvStore, partition: u32) -> crate::Result<TaskState
                 startup.deals.insert(deal.deal_id.clone(), deal);
             }
         }
+    }
+    for startup in state.startups.values_mut() {
+        startup.rebuild_index();
     }
     for (key, value) in store.scan_prefix(Column::Dedup, &prefix)? {
         let (startup_id, rest) = columns::split_startup_key(&key).ok_or_else(|| corrupt(Column::Dedup, &key))?;
@@ -342,6 +349,7 @@ pub fn load_startup(store: &dyn KvStore, startup_id: &str) -> crate::Result<Opti
             let deal: Deal = parse(Column::Deals, &child, &value)?;
             startup.deals.insert(deal.deal_id.clone(), deal);
         }
+        startup.rebuild_index();
         return Ok(Some((partition, startup)));
     }
     Ok(None)

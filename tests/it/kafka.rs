@@ -835,3 +835,25 @@ fn the_bad_input_catalogue_reaches_the_dead_letter_topic_live() {
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
     assert_eq!(found.len(), expected.len(), "only the catalogue's records are dead letters");
 }
+
+/// An output the broker (here: the producer's own size limit, as a broker's
+/// `max.message.bytes` would) refuses for good stops the processor with an
+/// error naming the topic and the inputs, not an endless abort-and-retry.
+#[test]
+fn an_output_refused_for_good_is_a_named_fatal_error() {
+    let (broker, dir) = small_broker();
+    let bad = write_lines(dir.path(), "metering.jsonl", &[format!("{{\"pad\":\"{}\"}}", "x".repeat(5_000))]);
+    let rates = write_lines(dir.path(), "rates.jsonl", &[h800_rate(3_600_000)]);
+    gpuledger(&broker, &["produce", "--rates", path(&rates), "--metering", path(&bad)]);
+    let output = Command::new(env!("CARGO_BIN_EXE_gpuledger"))
+        .args(["run", "--exit-when-caught-up", "--state-dir", path(&dir.path().join("state"))])
+        .args(["--bootstrap-servers", &broker.address])
+        .env("GPULEDGER_LOG", "warn")
+        .env("GPULEDGER_KAFKA__PROPERTIES__MESSAGE_MAX_BYTES", "2000")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("refused an output of task 0 to topic gpuledger.dead-letter for good"), "{stderr}");
+    assert!(stderr.contains("MessageSizeTooLarge") && stderr.contains("metering partition 0 offsets 0..1"), "{stderr}");
+}

@@ -237,3 +237,66 @@ fn a_panic_deciding_a_record_is_isolated_and_the_rebuilt_task_dead_letters_it() 
     let others: Vec<_> = with.into_iter().filter(|output| !matches!(output, Output::DeadLetter(_))).collect();
     assert_eq!(others, without);
 }
+
+/// The burn-down and timer index is kept in step by every change: after
+/// grants, draws, an extension, an expiry, a revocation and a cancellation
+/// it equals the index rebuilt from the grants (as a load builds it), and
+/// exhausted or closed grants are not in it.
+#[test]
+fn the_grant_index_stays_equal_to_one_rebuilt_from_the_grants() {
+    let mut ledger = Ledger::with_rate();
+    let at = "2025-01-01T00:00:00Z";
+    ledger.feed(Topic::Deals, deal("d1", at, 0, 10_000_000, 9_000_000));
+    ledger.feed(Topic::Deals, grant("t1", at, json!({"deal_id": "d1", "face_amount": 1_800_000})));
+    ledger.feed(
+        Topic::Deals,
+        grant("t2", at, json!({"deal_id": "d1", "face_amount": 2_000_000, "expires_at": "2025-03-01T00:00:00Z"})),
+    );
+    ledger.feed(
+        Topic::Deals,
+        grant(
+            "c1",
+            at,
+            json!({"face_amount": 1_000_000, "consideration": "cash", "expires_at": "2025-02-01T00:00:00Z"}),
+        ),
+    );
+    ledger.feed(Topic::Deals, grant("p1", at, json!({"face_amount": 500_000, "consideration": "promotional"})));
+    let check = |ledger: &Ledger| {
+        let startup = ledger.startup("acme");
+        let mut rebuilt = startup.clone();
+        rebuilt.rebuild_index();
+        assert_eq!(startup.index, rebuilt.index);
+    };
+    check(&ledger);
+    // 30 minutes at $3.60 is 1.8M: c1 expires first, so c1 (1.0M) then
+    // t2 (0.8M), by the burn-down order.
+    ledger.feed(Topic::Metering, usage("u1", "2025-01-01T01:00:00Z", "2025-01-01T01:30:00Z", 1));
+    check(&ledger);
+    assert!(!ledger.startup("acme").index.burn["USD"].iter().any(|key| key.4 == "c1"), "exhausted c1 left the index");
+    ledger.feed(
+        Topic::Deals,
+        deal_event(
+            "x1",
+            "gpuledger.grant.extended",
+            "2025-01-02T00:00:00Z",
+            json!({"grant_id": "t2", "expires_at": "2025-06-01T00:00:00Z"}),
+        ),
+    );
+    check(&ledger);
+    ledger.feed(
+        Topic::Deals,
+        deal_event("r1", "gpuledger.grant.revoked", "2025-01-02T00:00:00Z", json!({"grant_id": "p1"})),
+    );
+    check(&ledger);
+    ledger.feed(Topic::Metering, tick("2025-07-01T00:00:00Z"));
+    check(&ledger);
+    ledger.feed(
+        Topic::Deals,
+        deal_event("k1", "gpuledger.deal.cancelled", "2025-07-01T00:00:00Z", json!({"deal_id": "d1"})),
+    );
+    check(&ledger);
+    let startup = ledger.startup("acme");
+    assert!(startup.index.burn.is_empty() && startup.index.expiries.is_empty() && startup.index.alerts.is_empty());
+    // The deal's price, and the part its grants took (1.62M + 1.8M).
+    assert_eq!(startup.index.deal_totals["USD"], (9_000_000, 3_420_000));
+}
