@@ -9,15 +9,21 @@ mkdir -p "$dir"
 echo "== workload (Philly GPU trace, Jeon et al., USENIX ATC '19, CC-BY-4.0)"
 "$bin" gen --trace "$trace" --out "$dir/workload"
 records=$(cat "$dir/workload/"{rates,deals,metering}.jsonl | wc -l)
+# fold_once DIR RUN: one fold of DIR/workload into DIR/out with a fresh
+# DIR/state; prints its wall seconds.
+fold_once() {
+  local at=$1 run=$2 start end
+  rm -rf "$at/out" "$at/state"
+  start=$(date +%s.%N)
+  "$bin" fold --rates "$at/workload/rates.jsonl" --deals "$at/workload/deals.jsonl" \
+    --metering "$at/workload/metering.jsonl" --out "$at/out" --state-dir "$at/state" >"$at/run-$run.txt" 2>"$at/run-$run.log"
+  end=$(date +%s.%N)
+  echo "$end - $start" | bc -l
+}
 results=()
 record_results=()
 for run in $(seq 1 "$runs"); do
-  rm -rf "$dir/out" "$dir/state"
-  start=$(date +%s.%N)
-  "$bin" fold --rates "$dir/workload/rates.jsonl" --deals "$dir/workload/deals.jsonl" \
-    --metering "$dir/workload/metering.jsonl" --out "$dir/out" --state-dir "$dir/state" >"$dir/run-$run.txt" 2>"$dir/run-$run.log"
-  end=$(date +%s.%N)
-  seconds=$(echo "$end - $start" | bc -l)
+  seconds=$(fold_once "$dir" "$run")
   usage=$(grep -o '[0-9]* usage accepted' "$dir/run-$run.txt" | cut -d' ' -f1)
   printf 'run %d: %.2f s, %.0f records/s, %.0f usage events/s\n' "$run" "$seconds" \
     "$(echo "$records / $seconds" | bc -l)" "$(echo "$usage / $seconds" | bc -l)"
@@ -36,12 +42,7 @@ python3 "$(dirname "$0")/gen-many-grants.py" "$many/workload" "${MANY_GRANTS:-20
 many_records=$(cat "$many/workload/"{rates,deals,metering}.jsonl | wc -l)
 many_results=()
 for run in $(seq 1 "$runs"); do
-  rm -rf "$many/out" "$many/state"
-  start=$(date +%s.%N)
-  "$bin" fold --rates "$many/workload/rates.jsonl" --deals "$many/workload/deals.jsonl" \
-    --metering "$many/workload/metering.jsonl" --out "$many/out" --state-dir "$many/state" >"$many/run-$run.txt" 2>"$many/run-$run.log"
-  end=$(date +%s.%N)
-  seconds=$(echo "$end - $start" | bc -l)
+  seconds=$(fold_once "$many" "$run")
   printf 'many grants, run %d: %.2f s, %.0f records/s\n' "$run" "$seconds" "$(echo "$many_records / $seconds" | bc -l)"
   many_results+=("$(echo "$many_records / $seconds" | bc -l)")
 done

@@ -78,22 +78,16 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 14] = [
-        Reason::Undecodable,
-        Reason::SchemaViolation,
-        Reason::UnknownType,
-        Reason::InvalidField,
-        Reason::TooOld,
-        Reason::ConflictingDuplicate,
-        Reason::NoRate,
-        Reason::UnknownDeal,
-        Reason::UnknownGrant,
-        Reason::DuplicateGrant,
-        Reason::CurrencyMismatch,
-        Reason::OverCommitment,
-        Reason::InvalidTransition,
-        Reason::InternalError,
-    ];
+    /// Every reason: those of inputs, then `internal_error`.
+    pub const ALL: [Reason; 14] = {
+        let mut all = [Reason::InternalError; 14];
+        let mut index = 0;
+        while index < Reason::OF_INPUT.len() {
+            all[index] = Reason::OF_INPUT[index];
+            index += 1;
+        }
+        all
+    };
 
     /// The reasons an input itself can earn (all but `internal_error`).
     pub const OF_INPUT: [Reason; 13] = [
