@@ -79,6 +79,9 @@ pub struct RawProcessor {
     /// Fault injection for tests: abort every Nth transaction after its
     /// records were sent (0, the default, never).
     pub inject_abort_every: Option<u64>,
+    /// Fault injection for tests: the RocksDB write at the end of a
+    /// re-fold fails (the processor must stop, naming it).
+    pub inject_refold_write_failure: Option<bool>,
     /// Fault injection for tests: `TOPIC:OFFSET` (`rates`, `deals` or
     /// `metering`): the fold panics after that record, to show that it is
     /// dead-lettered as `internal_error` and the task goes on.
@@ -165,6 +168,7 @@ pub struct Config {
     pub commit_interval: Millis,
     pub output_format: OutputFormat,
     pub inject_abort_every: u64,
+    pub inject_refold_write_failure: bool,
     pub fold: FoldConfig,
     pub tick_interval: Option<Millis>,
 }
@@ -451,6 +455,7 @@ impl Config {
             commit_interval,
             output_format,
             inject_abort_every: raw.processor.inject_abort_every.unwrap_or(0),
+            inject_refold_write_failure: raw.processor.inject_refold_write_failure.unwrap_or(false),
             fold,
             tick_interval,
         })
@@ -506,6 +511,10 @@ fn apply_environment(raw: &mut RawConfig, environment: &BTreeMap<String, String>
             ["processor", "commit_interval"] => raw.processor.commit_interval = value,
             ["processor", "output_format"] => raw.processor.output_format = value,
             ["processor", "inject_panic_at"] => raw.processor.inject_panic_at = value,
+            ["processor", "inject_refold_write_failure"] => match text.parse() {
+                Ok(flag) => raw.processor.inject_refold_write_failure = Some(flag),
+                Err(_) => problems.push(format!("{name} must be true or false, not {text:?}")),
+            },
             ["processor", "inject_abort_every"] => match text.parse() {
                 Ok(every) => raw.processor.inject_abort_every = Some(every),
                 Err(_) => problems.push(format!("{name} must be a whole number, not {text:?}")),

@@ -844,10 +844,12 @@ impl<'a> Processor<'a> {
                         // The changes are taken: a state that missed them
                         // would take later deltas wrongly, so this is fatal
                         // (a restart re-folds from what the store holds).
-                        self.store
-                            .lock()
-                            .expect("store lock")
-                            .write(ops)
+                        let written = if self.config.inject_refold_write_failure {
+                            Err(anyhow::anyhow!("injected failure (processor.inject_refold_write_failure)"))
+                        } else {
+                            self.store.lock().expect("store lock").write(ops)
+                        };
+                        written
                             .with_context(|| format!("writing the re-folded state of task {partition} to RocksDB"))?;
                         runner.segments.clear();
                         runner.plan.clear();

@@ -857,3 +857,37 @@ fn an_output_refused_for_good_is_a_named_fatal_error() {
     assert!(stderr.contains("refused an output of task 0 to topic gpuledger.dead-letter for good"), "{stderr}");
     assert!(stderr.contains("MessageSizeTooLarge") && stderr.contains("metering partition 0 offsets 0..1"), "{stderr}");
 }
+
+/// A RocksDB write that fails after a re-fold stops the processor with an
+/// error naming it (the re-fold's changes were taken: going on would write
+/// later deltas onto a store that lacks them); a restart re-folds again.
+#[test]
+fn a_failed_store_write_after_a_refold_is_fatal_and_a_restart_recovers() {
+    let (broker, dir) = small_broker();
+    let rates = write_lines(dir.path(), "rates.jsonl", &[h800_rate(3_600_000)]);
+    let deals = write_lines(dir.path(), "deals.jsonl", &[acme_grant()]);
+    let usage =
+        write_lines(dir.path(), "usage.jsonl", &[acme_usage("u1", "2025-01-01T10:00:00Z", "2025-01-01T10:30:00Z")]);
+    gpuledger(&broker, &["produce", "--rates", path(&rates), "--deals", path(&deals), "--metering", path(&usage)]);
+    let state = dir.path().join("state");
+    run_until_caught_up(&broker, &state);
+    std::fs::remove_dir_all(&state).unwrap();
+    let failed = Command::new(env!("CARGO_BIN_EXE_gpuledger"))
+        .args(["run", "--exit-when-caught-up", "--state-dir", path(&state), "--bootstrap-servers", &broker.address])
+        .env("GPULEDGER_LOG", "warn")
+        .env("GPULEDGER_PROCESSOR__INJECT_REFOLD_WRITE_FAILURE", "true")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert_eq!(failed.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("writing the re-folded state of task 0 to RocksDB"), "{stderr}");
+    let recovered = run_until_caught_up(&broker, &state);
+    assert_eq!(
+        (recovered["records_refolded"].as_u64(), recovered["records_folded"].as_u64()),
+        (Some(3), Some(0)),
+        "{recovered}"
+    );
+    let exported = dir.path().join("export");
+    gpuledger(&broker, &["export", "--out", path(&exported), "--topics", "usage-rated"]);
+    assert_eq!(lines(&exported, "usage-rated").len(), 1, "published once, whatever the restarts");
+}
