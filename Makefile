@@ -7,7 +7,7 @@
 SHELL := /bin/bash
 export CARGO_TARGET_DIR ?= /var/tmp/gpuledger-target
 BIN := $(CARGO_TARGET_DIR)/release/gpuledger
-TRACE ?= ../shared/data/traces/philly/philly.csv
+TRACE ?= data/philly/philly.csv
 DEMO_DIR ?= /var/tmp/gpuledger-demo
 BENCH_DIR ?= /var/tmp/gpuledger-bench
 CARGO := cargo

@@ -324,7 +324,7 @@ def main():
     runs = int(os.environ.get("RUNS", "3"))
     rate = int(os.environ.get("LATENCY_RATE", "20000"))
     seconds = int(os.environ.get("LATENCY_SECONDS", "30"))
-    trace = os.environ.get("TRACE", str(ROOT.parent / "shared/data/traces/philly/philly.csv"))
+    trace = os.environ.get("TRACE", str(ROOT / "data/philly/philly.csv"))
     if arguments.smoke:
         trace = os.environ.get("TRACE_SMOKE", str(ROOT / "tests/data/philly/philly-sample.csv"))
     work = Path(arguments.work + ("-smoke" if arguments.smoke else ""))

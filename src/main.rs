@@ -35,7 +35,7 @@ enum Command {
     },
     /// Generate a workload (rates, deals, metering) from the Philly GPU trace.
     Gen {
-        #[arg(long, default_value = "../shared/data/traces/philly/philly.csv")]
+        #[arg(long, default_value = "data/philly/philly.csv")]
         trace: PathBuf,
         #[arg(long)]
         out: PathBuf,
