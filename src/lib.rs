@@ -3,8 +3,8 @@
 //! GPU metering events, deal events and rate cards are folded into
 //! per-start-up credit consumption and ASC 606 revenue (contract liability,
 //! revenue on consumption, breakage at expiry, overage receivable). The rules
-//! are `../shared/spec/ledger-rules.md`; `docs/decisions.md` records the
-//! choices made where the spec is silent.
+//! are `docs/ledger-rules.md`; `docs/decisions.md` records the choices made
+//! where they leave one open.
 //!
 //! # Layout
 //! - [`units`]: instants, months, exact rounding (pure);

@@ -25,7 +25,7 @@ struct Cli {
 enum Command {
     /// Fold three JSONL input files in batch mode (no Kafka).
     Fold(FoldArgs),
-    /// Check the invariants of spec §11 on an output directory.
+    /// Check the invariants of the rules' §11 (docs/ledger-rules.md) on an output directory.
     Audit {
         dir: PathBuf,
         /// The directory holds only part of a history (a resumed run):

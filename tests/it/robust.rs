@@ -254,3 +254,22 @@ fn the_audit_checks_events_with_any_number_of_entries() {
     let report = gpuledger::audit::audit(&out, false).unwrap();
     assert!(report.violations.is_empty(), "{:#?}", report.violations);
 }
+
+/// The repository stands alone: no tracked file points outside it to the
+/// workplace's shared folder (rules, design, data all live in the clone).
+#[test]
+fn no_tracked_file_points_outside_the_repository() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let listed = Command::new("git").arg("ls-files").arg("-z").current_dir(root).output().expect("git runs");
+    assert!(listed.status.success(), "not a git checkout: {}", String::from_utf8_lossy(&listed.stderr));
+    let needle = ["..", "/shared"].concat();
+    let mut offenders = Vec::new();
+    for name in listed.stdout.split(|byte| *byte == 0).filter(|name| !name.is_empty()) {
+        let name = String::from_utf8_lossy(name).into_owned();
+        let Ok(bytes) = std::fs::read(root.join(&name)) else { continue };
+        if bytes.windows(needle.len()).any(|window| window == needle.as_bytes()) {
+            offenders.push(name);
+        }
+    }
+    assert!(offenders.is_empty(), "files that mention {needle}: {offenders:?}");
+}
