@@ -78,6 +78,13 @@ golden: build ## regenerate tests/data/golden/expected (review the diff!)
 		--metering tests/data/golden/metering.jsonl --out tests/data/golden/expected --max-future 60d
 	$(BIN) audit tests/data/golden/expected
 
+.PHONY: completions
+completions: build ## shell completions (bash, zsh, fish) and the man page into $(CARGO_TARGET_DIR)/share
+	@mkdir -p $(CARGO_TARGET_DIR)/share/completions $(CARGO_TARGET_DIR)/share/man/man1
+	@for shell in bash zsh fish; do $(BIN) completions $$shell > $(CARGO_TARGET_DIR)/share/completions/gpuledger.$$shell; done
+	@$(BIN) manpage > $(CARGO_TARGET_DIR)/share/man/man1/gpuledger.1
+	@echo "completions and man page in $(CARGO_TARGET_DIR)/share (man -l $(CARGO_TARGET_DIR)/share/man/man1/gpuledger.1)"
+
 .PHONY: fmt
 fmt: ## format the code
 	$(CARGO) fmt

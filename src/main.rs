@@ -13,7 +13,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser)]
 #[command(
     name = "gpuledger",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("GPULEDGER_COMMIT"), ")"),
     about = "Exactly-once compute-credit ledger: GPU usage and compute-for-equity deals into ASC 606 revenue"
 )]
 struct Cli {
@@ -25,6 +25,10 @@ struct Cli {
 enum Command {
     /// Fold three JSONL input files in batch mode (no Kafka).
     Fold(FoldArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff), e.g. `gpuledger manpage > gpuledger.1`.
+    Manpage,
     /// Check the invariants of the rules' §11 (docs/ledger-rules.md) on an output directory.
     Audit {
         dir: PathBuf,
@@ -332,6 +336,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 summary.records as f64 / seconds.max(1e-9),
                 args.out.display()
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "gpuledger", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Manpage => {
+            let command = <Cli as clap::CommandFactory>::command();
+            clap_mangen::Man::new(command).render(&mut std::io::stdout()).context("writing the man page")?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Audit { dir, partial } => {

@@ -273,3 +273,24 @@ fn no_tracked_file_points_outside_the_repository() {
     }
     assert!(offenders.is_empty(), "files that mention {needle}: {offenders:?}");
 }
+
+/// `--version` names the commit; completions and the man page come from the
+/// CLI definition itself.
+#[test]
+fn version_completions_and_man_page() {
+    let version = String::from_utf8(binary().arg("--version").output().unwrap().stdout).unwrap();
+    let commit =
+        version.trim().strip_prefix("gpuledger ").and_then(|rest| rest.split_once(" (commit ")).map(|(_, c)| c);
+    let commit = commit.and_then(|commit| commit.strip_suffix(')')).expect(&version);
+    assert!(commit == "unknown" || (commit.len() == 12 && commit.bytes().all(|b| b.is_ascii_hexdigit())), "{version}");
+    for shell in ["bash", "zsh", "fish"] {
+        let script = binary().args(["completions", shell]).output().unwrap();
+        assert!(script.status.success());
+        let text = String::from_utf8(script.stdout).unwrap();
+        assert!(text.contains("gpuledger") && text.contains("replay") && text.contains("state-dir"), "{shell}");
+    }
+    let man = String::from_utf8(binary().arg("manpage").output().unwrap().stdout).unwrap();
+    assert!(man.contains(".TH gpuledger 1") && man.contains("fold") && man.contains("audit"));
+    let wrong = binary().args(["completions", "tcsh"]).output().unwrap();
+    assert_eq!(wrong.status.code(), Some(2));
+}
