@@ -10,7 +10,7 @@ fn git(args: &[&str]) -> Option<String> {
 
 fn main() {
     let commit = git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".to_owned());
-    println!("cargo:rustc-env=GPULEDGER_COMMIT={commit}");
+    println!("cargo:rustc-env=BUILT_FROM_COMMIT={commit}");
     println!("cargo:rerun-if-changed=build.rs");
     // Run again when HEAD moves: HEAD itself, the branch it names, packed refs.
     if let Some(dir) = git(&["rev-parse", "--git-dir"]) {

@@ -13,7 +13,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser)]
 #[command(
     name = "gpuledger",
-    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("GPULEDGER_COMMIT"), ")"),
+    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("BUILT_FROM_COMMIT"), ")"),
     about = "Exactly-once compute-credit ledger: GPU usage and compute-for-equity deals into ASC 606 revenue"
 )]
 struct Cli {

@@ -41,14 +41,19 @@ fn gpuledger(broker: &Broker, args: &[&str]) -> Output {
     gpuledger_with(broker, args, &[])
 }
 
-fn gpuledger_with(broker: &Broker, args: &[&str], environment: &[(&str, &str)]) -> Output {
-    let output = Command::new(env!("CARGO_BIN_EXE_gpuledger"))
+/// `gpuledger ARGS --bootstrap-servers …` with `environment`, whatever its exit.
+fn gpuledger_output(broker: &Broker, args: &[&str], environment: &[(&str, &str)]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_gpuledger"))
         .args(args)
         .args(["--bootstrap-servers", &broker.address])
         .env("GPULEDGER_LOG", "warn")
         .envs(environment.iter().copied())
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+fn gpuledger_with(broker: &Broker, args: &[&str], environment: &[(&str, &str)]) -> Output {
+    let output = gpuledger_output(broker, args, environment);
     assert!(
         output.status.success(),
         "gpuledger {args:?} failed: {}{}",
@@ -845,13 +850,11 @@ fn an_output_refused_for_good_is_a_named_fatal_error() {
     let bad = write_lines(dir.path(), "metering.jsonl", &[format!("{{\"pad\":\"{}\"}}", "x".repeat(5_000))]);
     let rates = write_lines(dir.path(), "rates.jsonl", &[h800_rate(3_600_000)]);
     gpuledger(&broker, &["produce", "--rates", path(&rates), "--metering", path(&bad)]);
-    let output = Command::new(env!("CARGO_BIN_EXE_gpuledger"))
-        .args(["run", "--exit-when-caught-up", "--state-dir", path(&dir.path().join("state"))])
-        .args(["--bootstrap-servers", &broker.address])
-        .env("GPULEDGER_LOG", "warn")
-        .env("GPULEDGER_KAFKA__PROPERTIES__MESSAGE_MAX_BYTES", "2000")
-        .output()
-        .unwrap();
+    let output = gpuledger_output(
+        &broker,
+        &["run", "--exit-when-caught-up", "--state-dir", path(&dir.path().join("state"))],
+        &[("GPULEDGER_KAFKA__PROPERTIES__MESSAGE_MAX_BYTES", "2000")],
+    );
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("refused an output of task 0 to topic gpuledger.dead-letter for good"), "{stderr}");
@@ -872,12 +875,11 @@ fn a_failed_store_write_after_a_refold_is_fatal_and_a_restart_recovers() {
     let state = dir.path().join("state");
     run_until_caught_up(&broker, &state);
     std::fs::remove_dir_all(&state).unwrap();
-    let failed = Command::new(env!("CARGO_BIN_EXE_gpuledger"))
-        .args(["run", "--exit-when-caught-up", "--state-dir", path(&state), "--bootstrap-servers", &broker.address])
-        .env("GPULEDGER_LOG", "warn")
-        .env("GPULEDGER_PROCESSOR__INJECT_REFOLD_WRITE_FAILURE", "true")
-        .output()
-        .unwrap();
+    let failed = gpuledger_output(
+        &broker,
+        &["run", "--exit-when-caught-up", "--state-dir", path(&state)],
+        &[("GPULEDGER_PROCESSOR__INJECT_REFOLD_WRITE_FAILURE", "true")],
+    );
     let stderr = String::from_utf8_lossy(&failed.stderr);
     assert_eq!(failed.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("writing the re-folded state of task 0 to RocksDB"), "{stderr}");
