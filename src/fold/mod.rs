@@ -81,6 +81,21 @@ impl FoldConfig {
     fn outside_calendar(&self, event: &Event) -> Option<(&'static str, Millis)> {
         event.times().into_iter().flatten().find(|(_, time)| *time < self.earliest_time || *time > self.latest_time)
     }
+
+    /// The `invalid_field` refusal of an event with a time outside the
+    /// calendar (only called once [`FoldConfig::outside_calendar`] found one).
+    fn calendar_rejection(&self, event: &Event) -> Result<(), Rejection> {
+        let Some((name, time)) = self.outside_calendar(event) else { return Ok(()) };
+        reject(
+            Reason::InvalidField,
+            format!(
+                "{name} {} is outside the accepted calendar {} .. {}",
+                crate::units::format_millis(time),
+                crate::units::format_millis(self.earliest_time),
+                crate::units::format_millis(self.latest_time)
+            ),
+        )
+    }
 }
 
 /// `grant_expiring` fires this long before `expires_at`.
@@ -247,13 +262,16 @@ impl Task {
         self.stats.records += 1;
         self.state.offsets[record.topic.index()] = record.offset + 1;
         self.changes.task_meta = true;
+        self.write_dead_letter(record, rejection, outputs);
+    }
+
+    /// Every task reads the whole rates topic and decides alike; only
+    /// partition 0's task writes the rates' dead letters (§5.5).
+    fn write_dead_letter(&mut self, record: &InputRecord, rejection: &Rejection, outputs: &mut Vec<Output>) {
         if record.topic != Topic::Rates || self.state.partition == 0 {
             self.stats.dead_letters += 1;
-            outputs.push(Output::DeadLetter(dead_letter(
-                record,
-                rejection,
-                self.config.limits.dead_letter_value_bytes,
-            )));
+            let value_limit = self.config.limits.dead_letter_value_bytes;
+            outputs.push(Output::DeadLetter(dead_letter(record, rejection, value_limit)));
         }
     }
 
@@ -267,18 +285,7 @@ impl Task {
             Err(rejection) => Err(rejection),
             Ok(event) => match (&event.payload, record.topic) {
                 (Payload::RatePublished(_), _) => self.fold_rate(&event),
-                _ if self.config.outside_calendar(&event).is_some() => {
-                    let (name, time) = self.config.outside_calendar(&event).expect("checked above");
-                    reject(
-                        Reason::InvalidField,
-                        format!(
-                            "{name} {} is outside the accepted calendar {} .. {}",
-                            crate::units::format_millis(time),
-                            crate::units::format_millis(self.config.earliest_time),
-                            crate::units::format_millis(self.config.latest_time)
-                        ),
-                    )
-                }
+                _ if self.config.outside_calendar(&event).is_some() => self.config.calendar_rejection(&event),
                 (Payload::ClockTick, _) => self.fold_tick(&event, outputs),
                 _ => self.fold_keyed(record.topic, &event, outputs),
             },
@@ -287,16 +294,7 @@ impl Task {
             panic!("injected panic (inject_panic_at {}:{})", record.topic.name(), record.offset);
         }
         if let Err(rejection) = result {
-            // Every task reads the whole rates topic and decides alike; only
-            // partition 0's task writes the rates' dead letters (§5).
-            if record.topic != Topic::Rates || self.state.partition == 0 {
-                self.stats.dead_letters += 1;
-                outputs.push(Output::DeadLetter(dead_letter(
-                    record,
-                    &rejection,
-                    self.config.limits.dead_letter_value_bytes,
-                )));
-            }
+            self.write_dead_letter(record, &rejection, outputs);
         }
     }
 
