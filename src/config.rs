@@ -573,6 +573,13 @@ fn apply_environment(raw: &mut RawConfig, environment: &BTreeMap<String, String>
     Ok(())
 }
 
+/// A valid configuration with every default, for tests.
+#[cfg(test)]
+pub(crate) fn for_tests() -> Config {
+    let raw: RawConfig = toml::from_str("[kafka]\nbootstrap_servers = \"localhost:9092\"\n").expect("valid TOML");
+    Config::validate(raw).expect("a valid configuration")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,36 +7,47 @@
 //! where they leave one open.
 //!
 //! # Layout
+//! One flow: bytes → [`events`] (decode) → [`drive`] (which record next) →
+//! [`fold`] (the pure ledger) → [`records`] (outputs) → a sink (files, a
+//! Kafka transaction) → [`store`] (state, written after the outputs).
+//!
 //! - [`units`]: instants, months, exact rounding (pure);
 //! - [`events`]: input events and their codecs (JSON, Avro);
+//! - [`drive`]: the one loop that feeds a task — the merge rule or a
+//!   recorded order, `--until`, a sink and a persist hook — run by batch,
+//!   replay and the live processor (no I/O of its own);
 //! - [`fold`]: the pure, deterministic ledger fold and the merge rule — no
 //!   I/O crate is imported there;
-//! - [`records`]: the output records;
+//! - [`records`]: the output records and their Avro encoding;
 //! - [`store`]: state persistence (RocksDB, and an in-memory store);
 //! - [`partitioner`]: Kafka's default partitioner (murmur2);
 //! - [`batch`]: the batch mode over JSONL files (`gpuledger fold`);
 //! - [`config`]: configuration of the Kafka-facing commands (TOML, env, flags);
-//! - [`kafka`]: topics, `produce`, `export` and the streaming processor (`run`);
+//! - [`kafka`]: Kafka I/O — clients, topics, the progress record, the live
+//!   processor (`run`) and the ops tools (`replay`, `reset`, `export`, …);
 //! - [`audit`]: the invariants of spec §11 over an output directory;
-//! - [`gen`]: the workload generator over the Philly GPU trace.
+//! - [`whatif`]: the what-if comparison of two rate-card worlds;
+//! - [`progress_bar`]: the progress bar of long ops commands;
+//! - [`workload`]: the workload generator over the Philly GPU trace.
 
 #[cfg(feature = "io")]
 pub mod audit;
 #[cfg(feature = "io")]
 pub mod batch;
 pub mod config;
+pub mod drive;
 pub mod events;
 pub mod fold;
-pub mod gen;
 #[cfg(feature = "io")]
 pub mod kafka;
 pub mod partitioner;
 #[cfg(feature = "io")]
-pub mod progress;
+pub mod progress_bar;
 pub mod records;
 pub mod store;
 pub mod units;
 pub mod whatif;
+pub mod workload;
 
 /// Errors of setup and I/O layers; the fold itself never fails (bad records
 /// become dead letters).

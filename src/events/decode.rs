@@ -98,138 +98,148 @@ fn decode_object(topic: Topic, value: &Value, object: &Map<String, Value>) -> Re
 
 fn decode_data(type_name: &str, data: &Fields<'_>) -> Result<Payload, Rejection> {
     Ok(match type_name {
-        "gpuledger.deal.signed" => {
-            let deal = DealSigned {
-                deal_id: data.required_id("deal_id")?.to_owned(),
-                investor: data.required_str("investor")?.to_owned(),
-                cash_amount: data.required_i64("cash_amount")?,
-                credit_face_amount: data.required_i64("credit_face_amount")?,
-                currency: data.required_str("currency")?.to_owned(),
-                equity_fair_value: data.required_i64("equity_fair_value")?,
-            };
-            at_least(data, "cash_amount", deal.cash_amount, 0)?;
-            at_least(data, "credit_face_amount", deal.credit_face_amount, 1)?;
-            at_least(data, "equity_fair_value", deal.equity_fair_value, 0)?;
-            check_currency(data, &deal.currency)?;
-            Payload::DealSigned(deal)
-        }
-        "gpuledger.credit.granted" => {
-            let grant_id = data.required_id("grant_id")?.to_owned();
-            let deal_id = data.optional_id("deal_id")?.map(str::to_owned);
-            let face_amount = data.required_i64("face_amount")?;
-            let currency = data.required_str("currency")?.to_owned();
-            let effective_at = data.required_time("effective_at")?;
-            let expires_at = data.optional_time("expires_at")?;
-            let priority = data.optional_i64("priority")?;
-            let consideration = match data.optional_str("consideration")? {
-                Some("equity") => Some(Consideration::Equity),
-                Some("cash") => Some(Consideration::Cash),
-                Some("promotional") => Some(Consideration::Promotional),
-                Some(other) => {
-                    return reject(
-                        Reason::SchemaViolation,
-                        format!("data.consideration must be equity, cash or promotional, not {other:?}"),
-                    )
-                }
-                None => None,
-            };
-            let transaction_price = data.optional_i64("transaction_price")?;
-            let escrow = data.optional_bool("escrow")?.unwrap_or(false);
-            let consideration = match (consideration, &deal_id) {
-                (Some(consideration), _) => consideration,
-                (None, Some(_)) => Consideration::Equity,
-                (None, None) => {
-                    return reject(
-                        Reason::SchemaViolation,
-                        "missing field data.consideration (required without a deal)",
-                    )
-                }
-            };
-            if consideration == Consideration::Equity && deal_id.is_none() && transaction_price.is_none() {
-                return reject(Reason::SchemaViolation, "an equity grant needs a deal_id or a transaction_price");
-            }
-            at_least(data, "face_amount", face_amount, 1)?;
-            check_currency(data, &currency)?;
-            let priority = priority.unwrap_or(50);
-            if !(0..=100).contains(&priority) {
-                return reject(Reason::InvalidField, format!("data.priority must be within 0..100, not {priority}"));
-            }
-            if let Some(price) = transaction_price {
-                at_least(data, "transaction_price", price, 0)?;
-            }
-            if deal_id.is_some() && consideration != Consideration::Equity {
-                return reject(Reason::InvalidField, "a grant under a deal must have consideration equity");
-            }
-            if deal_id.is_some() && transaction_price.is_some() {
-                return reject(
-                    Reason::InvalidField,
-                    "a grant under a deal takes its price from the deal, not transaction_price",
-                );
-            }
-            if consideration == Consideration::Promotional && transaction_price.is_some() {
-                return reject(Reason::InvalidField, "a promotional grant has no transaction_price");
-            }
-            if let Some(expires_at) = expires_at {
-                if expires_at <= effective_at {
-                    return reject(Reason::InvalidField, "data.expires_at must be after data.effective_at");
-                }
-            }
-            Payload::CreditGranted(CreditGranted {
-                grant_id,
-                deal_id,
-                face_amount,
-                currency,
-                effective_at,
-                expires_at,
-                priority: priority as u8,
-                consideration,
-                transaction_price,
-                escrow,
-            })
-        }
+        "gpuledger.deal.signed" => deal_signed(data)?,
+        "gpuledger.credit.granted" => credit_granted(data)?,
         "gpuledger.grant.extended" => Payload::GrantExtended {
             grant_id: data.required_id("grant_id")?.to_owned(),
             expires_at: data.required_time("expires_at")?,
         },
         "gpuledger.grant.revoked" => Payload::GrantRevoked { grant_id: data.required_id("grant_id")?.to_owned() },
         "gpuledger.deal.cancelled" => Payload::DealCancelled { deal_id: data.required_id("deal_id")?.to_owned() },
-        "gpuledger.rate.published" => {
-            let rate = RatePublished {
-                gpu_model: data.required_id("gpu_model")?.to_owned(),
-                region: data.required_id("region")?.to_owned(),
-                tier: data.required_tier("tier")?,
-                currency: data.required_str("currency")?.to_owned(),
-                price_per_gpu_hour: data.required_i64("price_per_gpu_hour")?,
-                effective_from: data.required_time("effective_from")?,
-                min_billable_seconds: data.optional_i64("min_billable_seconds")?.unwrap_or(0),
-            };
-            check_currency(data, &rate.currency)?;
-            at_least(data, "price_per_gpu_hour", rate.price_per_gpu_hour, 0)?;
-            at_least(data, "min_billable_seconds", rate.min_billable_seconds, 0)?;
-            Payload::RatePublished(rate)
-        }
-        "gpuledger.gpu.usage" => {
-            let usage = GpuUsage {
-                cluster_id: data.required_id("cluster_id")?.to_owned(),
-                region: data.required_id("region")?.to_owned(),
-                gpu_model: data.required_id("gpu_model")?.to_owned(),
-                tier: data.required_tier("tier")?,
-                gpu_count: data.required_i64("gpu_count")?,
-                started_at: data.required_time("started_at")?,
-                ended_at: data.required_time("ended_at")?,
-                job_id: data.optional_str("job_id")?.map(str::to_owned),
-            };
-            at_least(data, "gpu_count", usage.gpu_count, 1)?;
-            if usage.ended_at <= usage.started_at {
-                return reject(Reason::InvalidField, "data.ended_at must be after data.started_at");
-            }
-            if usage.ended_at - usage.started_at > MAX_USAGE_MS {
-                return reject(Reason::InvalidField, "usage may last at most 31 days");
-            }
-            Payload::GpuUsage(usage)
-        }
+        "gpuledger.rate.published" => rate_published(data)?,
+        "gpuledger.gpu.usage" => gpu_usage(data)?,
         other => unreachable!("type {other} passed the topic check without a decoder"),
     })
+}
+
+/// `gpuledger.deal.signed`.
+fn deal_signed(data: &Fields<'_>) -> Result<Payload, Rejection> {
+    let deal = DealSigned {
+        deal_id: data.required_id("deal_id")?.to_owned(),
+        investor: data.required_str("investor")?.to_owned(),
+        cash_amount: data.required_i64("cash_amount")?,
+        credit_face_amount: data.required_i64("credit_face_amount")?,
+        currency: data.required_str("currency")?.to_owned(),
+        equity_fair_value: data.required_i64("equity_fair_value")?,
+    };
+    at_least(data, "cash_amount", deal.cash_amount, 0)?;
+    at_least(data, "credit_face_amount", deal.credit_face_amount, 1)?;
+    at_least(data, "equity_fair_value", deal.equity_fair_value, 0)?;
+    check_currency(data, &deal.currency)?;
+    Ok(Payload::DealSigned(deal))
+}
+
+/// `gpuledger.credit.granted`: a grant under a deal (equity) or on its own
+/// (cash, promotional, or equity with its own transaction price).
+fn credit_granted(data: &Fields<'_>) -> Result<Payload, Rejection> {
+    let grant_id = data.required_id("grant_id")?.to_owned();
+    let deal_id = data.optional_id("deal_id")?.map(str::to_owned);
+    let face_amount = data.required_i64("face_amount")?;
+    let currency = data.required_str("currency")?.to_owned();
+    let effective_at = data.required_time("effective_at")?;
+    let expires_at = data.optional_time("expires_at")?;
+    let priority = data.optional_i64("priority")?;
+    let consideration = match data.optional_str("consideration")? {
+        Some("equity") => Some(Consideration::Equity),
+        Some("cash") => Some(Consideration::Cash),
+        Some("promotional") => Some(Consideration::Promotional),
+        Some(other) => {
+            return reject(
+                Reason::SchemaViolation,
+                format!("data.consideration must be equity, cash or promotional, not {other:?}"),
+            )
+        }
+        None => None,
+    };
+    let transaction_price = data.optional_i64("transaction_price")?;
+    let escrow = data.optional_bool("escrow")?.unwrap_or(false);
+    let consideration = match (consideration, &deal_id) {
+        (Some(consideration), _) => consideration,
+        (None, Some(_)) => Consideration::Equity,
+        (None, None) => {
+            return reject(Reason::SchemaViolation, "missing field data.consideration (required without a deal)")
+        }
+    };
+    if consideration == Consideration::Equity && deal_id.is_none() && transaction_price.is_none() {
+        return reject(Reason::SchemaViolation, "an equity grant needs a deal_id or a transaction_price");
+    }
+    at_least(data, "face_amount", face_amount, 1)?;
+    check_currency(data, &currency)?;
+    let priority = priority.unwrap_or(50);
+    if !(0..=100).contains(&priority) {
+        return reject(Reason::InvalidField, format!("data.priority must be within 0..100, not {priority}"));
+    }
+    if let Some(price) = transaction_price {
+        at_least(data, "transaction_price", price, 0)?;
+    }
+    if deal_id.is_some() && consideration != Consideration::Equity {
+        return reject(Reason::InvalidField, "a grant under a deal must have consideration equity");
+    }
+    if deal_id.is_some() && transaction_price.is_some() {
+        return reject(
+            Reason::InvalidField,
+            "a grant under a deal takes its price from the deal, not transaction_price",
+        );
+    }
+    if consideration == Consideration::Promotional && transaction_price.is_some() {
+        return reject(Reason::InvalidField, "a promotional grant has no transaction_price");
+    }
+    if let Some(expires_at) = expires_at {
+        if expires_at <= effective_at {
+            return reject(Reason::InvalidField, "data.expires_at must be after data.effective_at");
+        }
+    }
+    Ok(Payload::CreditGranted(CreditGranted {
+        grant_id,
+        deal_id,
+        face_amount,
+        currency,
+        effective_at,
+        expires_at,
+        priority: priority as u8,
+        consideration,
+        transaction_price,
+        escrow,
+    }))
+}
+
+/// `gpuledger.rate.published`.
+fn rate_published(data: &Fields<'_>) -> Result<Payload, Rejection> {
+    let rate = RatePublished {
+        gpu_model: data.required_id("gpu_model")?.to_owned(),
+        region: data.required_id("region")?.to_owned(),
+        tier: data.required_tier("tier")?,
+        currency: data.required_str("currency")?.to_owned(),
+        price_per_gpu_hour: data.required_i64("price_per_gpu_hour")?,
+        effective_from: data.required_time("effective_from")?,
+        min_billable_seconds: data.optional_i64("min_billable_seconds")?.unwrap_or(0),
+    };
+    check_currency(data, &rate.currency)?;
+    at_least(data, "price_per_gpu_hour", rate.price_per_gpu_hour, 0)?;
+    at_least(data, "min_billable_seconds", rate.min_billable_seconds, 0)?;
+    Ok(Payload::RatePublished(rate))
+}
+
+/// `gpuledger.gpu.usage`: at least one GPU, at most 31 days.
+fn gpu_usage(data: &Fields<'_>) -> Result<Payload, Rejection> {
+    let usage = GpuUsage {
+        cluster_id: data.required_id("cluster_id")?.to_owned(),
+        region: data.required_id("region")?.to_owned(),
+        gpu_model: data.required_id("gpu_model")?.to_owned(),
+        tier: data.required_tier("tier")?,
+        gpu_count: data.required_i64("gpu_count")?,
+        started_at: data.required_time("started_at")?,
+        ended_at: data.required_time("ended_at")?,
+        job_id: data.optional_str("job_id")?.map(str::to_owned),
+    };
+    at_least(data, "gpu_count", usage.gpu_count, 1)?;
+    if usage.ended_at <= usage.started_at {
+        return reject(Reason::InvalidField, "data.ended_at must be after data.started_at");
+    }
+    if usage.ended_at - usage.started_at > MAX_USAGE_MS {
+        return reject(Reason::InvalidField, "usage may last at most 31 days");
+    }
+    Ok(Payload::GpuUsage(usage))
 }
 
 fn at_least(data: &Fields<'_>, name: &str, value: i64, minimum: i64) -> Result<(), Rejection> {

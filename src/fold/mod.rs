@@ -12,15 +12,21 @@
 //! order with [`Task::fold`] appends their outputs; [`Task::take_changes`]
 //! says what a commit must persist.
 
+mod balances;
+mod dead_letter;
 pub mod merge;
 mod rules;
 pub mod state;
+mod usage;
+
+pub use balances::balances_of;
+pub use dead_letter::dead_letter;
 
 use std::collections::BTreeSet;
 
 use crate::events::{reject, Decoded, Event, InputRecord, Payload, Reason, Rejection, Topic};
-use crate::records::{base64, Balances, CurrencyBalance, DeadLetter, GrantBalance, Header, InputOffset, Output};
-use crate::units::{Millis, Ts, DAY_MS, HOUR_MS};
+use crate::records::{Balances, InputOffset, Output};
+use crate::units::{Millis, DAY_MS, HOUR_MS};
 use state::{identity_key, Changes, Remembered, Startup, TaskState};
 
 /// The knobs of the ledger rules; all durations in milliseconds.
@@ -260,7 +266,7 @@ impl Task {
     /// dead letter (rates: written by partition 0's task only, §5).
     fn refuse(&mut self, record: &InputRecord, rejection: &Rejection, outputs: &mut Vec<Output>) {
         self.stats.records += 1;
-        self.state.offsets[record.topic.index()] = record.offset + 1;
+        self.state.offsets[record.topic] = record.offset + 1;
         self.changes.task_meta = true;
         self.write_dead_letter(record, rejection, outputs);
     }
@@ -277,7 +283,7 @@ impl Task {
 
     fn fold_record(&mut self, record: &InputRecord, decoded: Decoded, outputs: &mut Vec<Output>) {
         self.stats.records += 1;
-        let next = &mut self.state.offsets[record.topic.index()];
+        let next = &mut self.state.offsets[record.topic];
         debug_assert!(record.offset >= *next, "records are folded in log order");
         *next = record.offset + 1;
         self.changes.task_meta = true;
@@ -487,7 +493,7 @@ impl Task {
             .map(|topic| InputOffset {
                 topic: topics.name(topic).to_owned(),
                 partition: if topic == Topic::Rates { 0 } else { self.state.partition },
-                offset: self.state.offsets[topic.index()],
+                offset: self.state.offsets[topic],
             })
             .collect()
     }
@@ -528,158 +534,6 @@ fn forget_old_usage(startup: &mut Startup, config: &FoldConfig, changes: &mut Ch
         startup.dedup.usage_by_time.pop_first();
         startup.dedup.remembered.remove(&identity);
         changes.identity(&startup.id, identity, None);
-    }
-}
-
-pub fn balances_of(startup: &Startup, task: u32, offsets: &[InputOffset]) -> Balances {
-    let currencies = startup
-        .figures
-        .iter()
-        .map(|(currency, figures)| {
-            let grants: Vec<_> = startup.grants.values().filter(|grant| &grant.currency == currency).collect();
-            let open = || grants.iter().filter(|grant| grant.is_open());
-            // The fold keeps every one of these sums within 64 bits (rules:
-            // `rpo_bound`); they are added in 128 bits all the same.
-            let contract_liability = to_i64(open().map(|grant| i128::from(grant.unearned())).sum());
-            let unallocated: i128 = startup
-                .deals
-                .values()
-                .filter(|deal| &deal.currency == currency && !deal.cancelled)
-                .map(|deal| i128::from(deal.transaction_price) - i128::from(deal.granted_price))
-                .sum();
-            CurrencyBalance {
-                currency: currency.clone(),
-                granted_face: figures.granted_face,
-                consumed_face: figures.consumed_face,
-                expired_face: figures.expired_face,
-                revoked_face: figures.revoked_face,
-                remaining_face: to_i64(grants.iter().map(|grant| i128::from(grant.remaining_face())).sum()),
-                usage_cost: figures.usage_cost,
-                usage_count: figures.usage_count,
-                overage: figures.overage,
-                revenue_compute: figures.revenue_compute,
-                revenue_overage: figures.revenue_overage,
-                revenue_breakage: figures.revenue_breakage,
-                revocation_reversal: figures.revocation_reversal,
-                contract_liability,
-                escrow_remaining_face: to_i64(
-                    open().filter(|grant| grant.escrow).map(|grant| i128::from(grant.remaining_face())).sum(),
-                ),
-                rpo: to_i64(i128::from(contract_liability) + unallocated),
-                grants: grants
-                    .iter()
-                    .map(|grant| GrantBalance {
-                        grant_id: grant.grant_id.clone(),
-                        deal_id: grant.deal_id.clone(),
-                        state: grant.state.as_str().to_owned(),
-                        consideration: grant.consideration.as_str().to_owned(),
-                        escrow: grant.escrow,
-                        priority: grant.priority,
-                        effective_at: Ts(grant.effective_at),
-                        expires_at: grant.expires_at.map(Ts),
-                        face: grant.face,
-                        transaction_price: grant.transaction_price,
-                        consumed_face: grant.consumed_face,
-                        expired_face: grant.expired_face,
-                        revoked_face: grant.revoked_face,
-                        remaining_face: grant.remaining_face(),
-                        revenue_compute: grant.revenue_compute,
-                        revenue_breakage: grant.revenue_breakage,
-                        revocation_reversal: grant.revocation_reversal,
-                    })
-                    .collect(),
-            }
-        })
-        .collect();
-    Balances {
-        startup: startup.id.clone(),
-        task,
-        clock: Some(Ts(startup.clock)),
-        duplicates_dropped: startup.duplicates_dropped,
-        offsets: offsets.to_vec(),
-        digest: String::new(),
-        currencies,
-    }
-}
-
-/// A sum the fold bounds to 64 bits; saturates rather than panics if a
-/// state written by another version breaks the bound.
-fn to_i64(sum: i128) -> i64 {
-    i64::try_from(sum).unwrap_or(if sum < 0 { i64::MIN } else { i64::MAX })
-}
-
-/// Raw bytes of the key and of all header values a dead letter keeps at
-/// most; with the value's prefix this bounds a dead letter's size (JSON
-/// escaping at most sextuples a byte) well under 1 MB by default.
-const DEAD_LETTER_KEY_BYTES: usize = 1 << 10;
-const DEAD_LETTER_HEADER_BYTES: usize = 8 << 10;
-
-/// Bytes kept of a key or value: the text (or base64) of at most `limit`
-/// bytes, cut on a character boundary, and, when cut, the full length and
-/// lowercase hex SHA-256 of the whole.
-struct Kept {
-    text: Option<String>,
-    base64: Option<String>,
-    length: Option<u64>,
-    sha256: Option<String>,
-}
-
-fn keep(bytes: Option<&[u8]>, limit: usize) -> Kept {
-    let Some(bytes) = bytes else { return Kept { text: None, base64: None, length: None, sha256: None } };
-    let (kept, cut) = if bytes.len() > limit { (&bytes[..limit], true) } else { (bytes, false) };
-    let (text, base64_text) = match std::str::from_utf8(kept) {
-        Ok(text) => (Some(text.to_owned()), None),
-        // A cut inside a character: keep the text up to it.
-        Err(error) if cut && error.error_len().is_none() && std::str::from_utf8(bytes).is_ok() => {
-            (Some(String::from_utf8_lossy(&kept[..error.valid_up_to()]).into_owned()), None)
-        }
-        Err(_) => (None, Some(base64(kept))),
-    };
-    let (length, sha256) = if cut {
-        use sha2::Digest as _;
-        (Some(bytes.len() as u64), Some(crate::records::hex(&sha2::Sha256::digest(bytes))))
-    } else {
-        (None, None)
-    };
-    Kept { text, base64: base64_text, length, sha256 }
-}
-
-/// The dead letter of a refused record (spec §5): original key, value and
-/// headers (the value cut to `value_limit` bytes, see [`Kept`]), reason,
-/// detail and the record's position.
-pub fn dead_letter(record: &InputRecord, rejection: &Rejection, value_limit: usize) -> DeadLetter {
-    let key = keep(record.key.as_deref(), DEAD_LETTER_KEY_BYTES);
-    let value = keep(Some(&record.value), value_limit);
-    let mut header_budget = DEAD_LETTER_HEADER_BYTES;
-    let mut headers = Vec::with_capacity(record.headers.len());
-    for (name, header_value) in &record.headers {
-        let size = name.len() + header_value.as_ref().map_or(0, Vec::len);
-        if size > header_budget {
-            break;
-        }
-        header_budget -= size;
-        headers.push(Header {
-            key: name.clone(),
-            value: header_value.as_deref().map(|bytes| String::from_utf8_lossy(bytes).into_owned()),
-        });
-    }
-    let headers_dropped = record.headers.len() - headers.len();
-    DeadLetter {
-        key: key.text,
-        key_base64: key.base64,
-        value: value.text,
-        value_base64: value.base64,
-        headers,
-        reason: rejection.reason.as_str().to_owned(),
-        detail: rejection.detail.clone(),
-        topic: record.topic.name().to_owned(),
-        partition: record.partition,
-        offset: record.offset,
-        key_length: key.length,
-        key_sha256: key.sha256,
-        value_length: value.length,
-        value_sha256: value.sha256,
-        headers_dropped: (headers_dropped > 0).then_some(headers_dropped as u64),
     }
 }
 

@@ -7,16 +7,13 @@
 
 use std::collections::BTreeSet;
 
-use crate::events::{
-    reject, Consideration, CreditGranted, DealSigned, Event, GpuUsage, Payload, Reason, Rejection, Topic,
-};
+use crate::events::{reject, Consideration, CreditGranted, DealSigned, Event, Payload, Reason, Rejection, Topic};
 use crate::records::{
-    identity_hash, Adjustment, Alert, AlertKind, Draw, JournalEntry, Output, PeriodFigures, RateRef, Statement,
-    StatementCurrency, UsageRated,
+    identity_hash, Adjustment, Alert, AlertKind, JournalEntry, Output, PeriodFigures, Statement, StatementCurrency,
 };
 use crate::units::{format_millis, mul_div_round, Millis, Month, Ts};
 
-use super::state::{rate_key_text, Deal, Grant, GrantState, RateBook, Startup, CONSUMED_THRESHOLDS};
+use super::state::{Deal, Grant, GrantState, RateBook, Startup};
 use super::{FoldConfig, FoldStats, EXPIRING_NOTICE};
 
 /// Kinds of timed effect, in the order they fire at one instant (§4).
@@ -114,7 +111,7 @@ pub fn fire(startup: &mut Startup, effect: &Effect, config: &FoldConfig, outputs
 
 /// Writes the journal entries of one source event, numbering their
 /// positions and skipping zero amounts (§9).
-struct Entries<'a> {
+pub(super) struct Entries<'a> {
     topic: Topic,
     startup: &'a str,
     source: &'a str,
@@ -127,7 +124,7 @@ struct Entries<'a> {
 
 impl Entries<'_> {
     #[allow(clippy::too_many_arguments)]
-    fn write(
+    pub(super) fn write(
         &mut self,
         outputs: &mut Vec<Output>,
         cause: &str,
@@ -167,7 +164,12 @@ impl Entries<'_> {
 
 /// Books flows at `event_time` (§9): into the event's month if it is open,
 /// else into the earliest open month as an adjustment of the event's month.
-fn book(startup: &mut Startup, event_time: Millis, currency: &str, flows: &PeriodFigures) -> (Month, Option<Month>) {
+pub(super) fn book(
+    startup: &mut Startup,
+    event_time: Millis,
+    currency: &str,
+    flows: &PeriodFigures,
+) -> (Month, Option<Month>) {
     let (period, adjusts) = startup.book.booking_month(Month::of(event_time));
     if startup.book.closed_through.is_none() {
         startup.book.first = Some(startup.book.first.map_or(period, |first| first.min(period)));
@@ -316,7 +318,7 @@ pub fn apply(
             Ok(())
         }
         Payload::GpuUsage(usage) => {
-            gpu_usage(startup, rates, topic, event, usage, outputs)?;
+            super::usage::gpu_usage(startup, rates, topic, event, usage, outputs)?;
             stats.usage_accepted += 1;
             Ok(())
         }
@@ -324,7 +326,7 @@ pub fn apply(
     }
 }
 
-fn fits_i64(total: i64, more: i64) -> bool {
+pub(super) fn fits_i64(total: i64, more: i64) -> bool {
     total.checked_add(more).is_some()
 }
 
@@ -382,7 +384,7 @@ fn deal_signed(
     Ok(())
 }
 
-fn entries_for<'a>(
+pub(super) fn entries_for<'a>(
     topic: Topic,
     startup: &'a Startup,
     event: &'a Event,
@@ -553,180 +555,4 @@ fn revoke_all(
             Some(grant_id),
         );
     }
-}
-
-fn gpu_usage(
-    startup: &mut Startup,
-    rates: &RateBook,
-    topic: Topic,
-    event: &Event,
-    usage: &GpuUsage,
-    outputs: &mut Vec<Output>,
-) -> Result<(), Rejection> {
-    let key = (usage.gpu_model.clone(), usage.region.clone(), usage.tier);
-    let Some((&effective_from, card)) =
-        rates.cards.get(&key).and_then(|cards| cards.range(..=usage.started_at).next_back())
-    else {
-        return reject(
-            Reason::NoRate,
-            format!("no rate for {} effective at {}", rate_key_text(&key), format_millis(usage.started_at)),
-        );
-    };
-    let duration = i128::from(usage.ended_at - usage.started_at);
-    let billable_ms = duration.max(1000 * i128::from(card.min_billable_seconds));
-    let Ok(billable_ms) = i64::try_from(billable_ms) else {
-        return reject(Reason::InvalidField, "billable_ms is beyond 64 bits");
-    };
-    let Ok(gpu_ms) = i64::try_from(i128::from(usage.gpu_count) * i128::from(billable_ms)) else {
-        return reject(Reason::InvalidField, "gpu_ms is beyond 64 bits");
-    };
-    let cost =
-        mul_div_round(i128::from(gpu_ms), i128::from(card.price_per_gpu_hour), 3_600_000).expect("fits 128 bits");
-    let Ok(cost) = i64::try_from(cost) else {
-        return reject(Reason::InvalidField, "cost is beyond 64 bits");
-    };
-    let currency = &card.currency;
-    let usage_cost_so_far = startup.figures.get(currency).map_or(0, |figures| figures.usage_cost);
-    if !fits_i64(usage_cost_so_far, cost) {
-        return reject(Reason::InvalidField, "the start-up's usage cost would exceed 64 bits");
-    }
-
-    // Burn-down (§8): eligible grants by priority, expiry (none last),
-    // effective_at, grant id — the index's order, which holds only open
-    // grants with face left; enough of them to cover the cost are taken.
-    let time = event.time;
-    let mut order: Vec<String> = Vec::new();
-    let mut covered = 0i128;
-    for (_, _, _, _, grant_id) in startup.index.burn.get(currency).into_iter().flatten() {
-        if covered >= i128::from(cost) {
-            break;
-        }
-        let grant = &startup.grants[grant_id];
-        let eligible = grant.effective_at <= time && grant.expires_at.is_none_or(|expires_at| time < expires_at);
-        if eligible {
-            covered += i128::from(grant.remaining_face());
-            order.push(grant_id.clone());
-        }
-    }
-    let mut owed = cost;
-    let mut draws = Vec::new();
-    let mut alerts = Vec::new();
-    let mut flows = PeriodFigures { usage_cost: cost, usage_count: 1, ..PeriodFigures::default() };
-    for grant_id in order {
-        if owed == 0 {
-            break;
-        }
-        let (face, revenue, deal_id, consideration) = startup
-            .update_grant(&grant_id, |grant| {
-                let face = grant.remaining_face().min(owed);
-                let price = i128::from(grant.transaction_price);
-                let denominator = i128::from(grant.face);
-                let consumed_before = i128::from(grant.consumed_face);
-                let revenue = (mul_div_round(consumed_before + i128::from(face), price, denominator)
-                    .expect("fits 128 bits")
-                    - mul_div_round(consumed_before, price, denominator).expect("fits 128 bits"))
-                    as i64;
-                grant.consumed_face += face;
-                grant.revenue_compute += revenue;
-                for (bit, threshold) in CONSUMED_THRESHOLDS.iter().enumerate() {
-                    let reached =
-                        i128::from(grant.consumed_face) * 100 >= i128::from(*threshold) * i128::from(grant.face);
-                    if reached && grant.consumed_alerts & (1 << bit) == 0 {
-                        grant.consumed_alerts |= 1 << bit;
-                        alerts.push((grant.grant_id.clone(), *threshold, grant.remaining_face()));
-                    }
-                }
-                (face, revenue, grant.deal_id.clone(), grant.consideration)
-            })
-            .expect("eligible grants exist");
-        owed -= face;
-        flows.consumed_face += face;
-        flows.revenue_compute += revenue;
-        draws.push((grant_id, deal_id, consideration, face, revenue));
-    }
-    let overage = owed;
-    flows.overage = overage;
-    flows.revenue_overage = overage;
-    let (period, adjusts_period) = book(startup, time, currency, &flows);
-
-    outputs.push(Output::UsageRated(UsageRated {
-        source: event.source.clone(),
-        id: event.id.clone(),
-        startup: startup.id.clone(),
-        time: Ts(time),
-        cluster_id: usage.cluster_id.clone(),
-        job_id: usage.job_id.clone(),
-        gpu_model: usage.gpu_model.clone(),
-        region: usage.region.clone(),
-        tier: usage.tier.as_str().to_owned(),
-        gpu_count: usage.gpu_count,
-        started_at: Ts(usage.started_at),
-        ended_at: Ts(usage.ended_at),
-        billable_ms,
-        gpu_ms,
-        rate: RateRef {
-            key: rate_key_text(&key),
-            effective_from: Ts(effective_from),
-            price_per_gpu_hour: card.price_per_gpu_hour,
-        },
-        cost,
-        currency: currency.clone(),
-        draws: draws
-            .iter()
-            .map(|(grant_id, _, _, face, revenue)| Draw { grant_id: grant_id.clone(), face: *face, revenue: *revenue })
-            .collect(),
-        overage,
-        period,
-        adjusts_period,
-    }));
-    let mut entries = entries_for(topic, startup, event, period, adjusts_period);
-    for (grant_id, deal_id, consideration, _, revenue) in &draws {
-        if *consideration != Consideration::Promotional {
-            entries.write(
-                outputs,
-                "draw",
-                currency,
-                "contract_liability",
-                "revenue_compute",
-                *revenue,
-                deal_id.as_deref(),
-                Some(grant_id),
-            );
-        }
-    }
-    entries.write(outputs, "overage", currency, "accounts_receivable", "revenue_overage", overage, None, None);
-    for (grant_id, threshold, remaining) in alerts {
-        let threshold_text = threshold.to_string();
-        outputs.push(Output::Alert(Alert {
-            alert_id: identity_hash(&[
-                AlertKind::GrantConsumed.as_str(),
-                &startup.id,
-                currency,
-                &grant_id,
-                &threshold_text,
-            ]),
-            kind: AlertKind::GrantConsumed,
-            startup: startup.id.clone(),
-            currency: currency.clone(),
-            grant_id: Some(grant_id),
-            threshold: Some(threshold),
-            expires_at: None,
-            time: Ts(time),
-            remaining_face: Some(remaining),
-        }));
-    }
-    if overage > 0 && startup.overage_alerted.insert(currency.clone()) {
-        outputs.push(Output::Alert(Alert {
-            alert_id: identity_hash(&[AlertKind::FirstOverage.as_str(), &startup.id, currency, "", ""]),
-            kind: AlertKind::FirstOverage,
-            startup: startup.id.clone(),
-            currency: currency.clone(),
-            grant_id: None,
-            threshold: None,
-            expires_at: None,
-            time: Ts(time),
-            remaining_face: None,
-        }));
-    }
-    Ok(())
 }

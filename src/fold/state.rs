@@ -395,8 +395,105 @@ pub struct RateBook {
     pub duplicates_dropped: u64,
 }
 
-/// Next offsets of a task's three inputs, indexed by [`Topic::index`].
-pub type Offsets = [i64; 3];
+/// Next offsets of a task's three inputs, indexed by [`Topic`].
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Offsets([i64; 3]);
+
+impl Offsets {
+    pub const ZERO: Offsets = Offsets([0; 3]);
+
+    pub const fn new(rates: i64, deals: i64, metering: i64) -> Offsets {
+        Offsets([rates, deals, metering])
+    }
+
+    /// The offsets of the keyed inputs (deals, metering), as a consumer
+    /// group commits them.
+    pub fn keyed(&self) -> KeyedOffsets {
+        KeyedOffsets { deals: self[Topic::Deals], metering: self[Topic::Metering] }
+    }
+
+    /// Each input's offset paired with `other`'s.
+    pub fn zip(self, other: Offsets) -> impl Iterator<Item = (Topic, i64, i64)> {
+        Topic::ALL.into_iter().map(move |topic| (topic, self[topic], other[topic]))
+    }
+
+    /// Whether any input is below `other`'s offset of it.
+    pub fn any_below(&self, other: &Offsets) -> bool {
+        self.zip(*other).any(|(_, mine, theirs)| mine < theirs)
+    }
+}
+
+impl std::ops::Index<Topic> for Offsets {
+    type Output = i64;
+
+    fn index(&self, topic: Topic) -> &i64 {
+        &self.0[topic.index()]
+    }
+}
+
+impl std::ops::IndexMut<Topic> for Offsets {
+    fn index_mut(&mut self, topic: Topic) -> &mut i64 {
+        &mut self.0[topic.index()]
+    }
+}
+
+/// As `[rates, deals, metering]`, the form logs and messages have always shown.
+impl std::fmt::Debug for Offsets {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(formatter)
+    }
+}
+
+/// The next offsets of a task's keyed inputs, as the consumer group commits
+/// them (the rates topic is read whole by every task and not committed).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct KeyedOffsets {
+    pub deals: i64,
+    pub metering: i64,
+}
+
+impl KeyedOffsets {
+    /// The offset of a keyed input; `None` for rates.
+    pub fn get(&self, topic: Topic) -> Option<i64> {
+        match topic {
+            Topic::Rates => None,
+            Topic::Deals => Some(self.deals),
+            Topic::Metering => Some(self.metering),
+        }
+    }
+
+    pub fn set(&mut self, topic: Topic, offset: i64) {
+        match topic {
+            Topic::Rates => {}
+            Topic::Deals => self.deals = offset,
+            Topic::Metering => self.metering = offset,
+        }
+    }
+
+    /// Whether `stored` is past these offsets on a keyed input: the first
+    /// such input, as a typed conflict.
+    pub fn check_not_behind(&self, stored: &Offsets) -> Result<(), PositionConflict> {
+        for topic in [Topic::Deals, Topic::Metering] {
+            let committed = self.get(topic).expect("a keyed input");
+            if stored[topic] > committed {
+                return Err(PositionConflict { topic, stored: stored[topic], committed });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A task's stored position is past the position committed for it: the
+/// committed position was moved back (a group offset reset) and the stored
+/// state does not belong to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("stored state is at {} offset {stored}, beyond the committed {committed}", topic.name())]
+pub struct PositionConflict {
+    pub topic: Topic,
+    pub stored: i64,
+    pub committed: i64,
+}
 
 /// Everything one task (partition) has folded.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

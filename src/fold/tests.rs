@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 
 use super::*;
 use crate::events::decode::decode_value;
-use crate::records::{AlertKind, JournalEntry, Statement, UsageRated};
+use crate::records::{AlertKind, CurrencyBalance, JournalEntry, Statement, UsageRated};
 use crate::units::{parse_rfc3339, Month};
 
 struct Ledger {

@@ -45,8 +45,7 @@ pub async fn create_planned(
     plans: &[TopicPlan],
     replication: i32,
 ) -> crate::Result<Vec<(String, String)>> {
-    let admin: AdminClient<DefaultClientContext> =
-        super::client_config(config, &[]).create().context("creating a Kafka admin client")?;
+    let admin: AdminClient<DefaultClientContext> = super::client::admin_client(config)?;
     let new_topics: Vec<NewTopic<'_>> = plans
         .iter()
         .map(|plan| {
@@ -57,7 +56,7 @@ pub async fn create_planned(
             topic
         })
         .collect();
-    let options = AdminOptions::new().operation_timeout(Some(super::METADATA_TIMEOUT));
+    let options = AdminOptions::new().operation_timeout(Some(super::client::METADATA_TIMEOUT));
     let results = admin.create_topics(&new_topics, &options).await.context("creating topics")?;
     let mut report = Vec::new();
     for result in results {

@@ -16,14 +16,14 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::Value;
 
 use crate::config::Config;
-use crate::events::avro::OutputEncoder;
+use crate::records::avro::OutputEncoder;
 use crate::records::Balances;
 
 #[derive(Clone, Debug, Default)]
@@ -90,19 +90,14 @@ fn read_topic(
     topic: &str,
     mut each: impl FnMut(u32, i64, &[u8]) -> crate::Result<()>,
 ) -> crate::Result<()> {
-    let consumer: BaseConsumer<super::QuietEof> = super::client_config(
+    let consumer = super::client::reader(
         config,
-        &[
-            ("group.id", &format!("{}-export", config.group_id)),
-            ("enable.auto.commit", "false"),
-            ("isolation.level", "read_committed"),
-            ("auto.offset.reset", "earliest"),
-            ("enable.partition.eof", "true"),
-        ],
-    )
-    .create_with_context(super::QuietEof)
-    .context("creating a Kafka consumer")?;
-    let Some(partitions) = super::partition_count(&consumer, topic)? else { bail!("topic {topic} does not exist") };
+        "export",
+        &[("isolation.level", "read_committed"), ("auto.offset.reset", "earliest")],
+    )?;
+    let Some(partitions) = super::cluster::partition_count(&consumer, topic)? else {
+        bail!("topic {topic} does not exist")
+    };
     // The end of a partition is where the consumer reports EOF, not a
     // watermark query: the local test broker can report a high watermark
     // below the true end (docs/kafka.md).
@@ -126,7 +121,7 @@ fn read_topic(
             }
         }
     }
-    super::processor::close_in_background(consumer);
+    super::client::close_in_background(consumer);
     Ok(())
 }
 

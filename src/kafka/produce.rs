@@ -49,17 +49,7 @@ impl ProducerContext for Deliveries {
 
 /// An idempotent producer tuned for loading many records, counting failed deliveries.
 pub(crate) fn bulk_producer(config: &Config) -> crate::Result<BaseProducer<Deliveries>> {
-    super::client_config(
-        config,
-        &[
-            ("enable.idempotence", "true"),
-            ("linger.ms", "20"),
-            ("batch.num.messages", "10000"),
-            ("compression.type", "lz4"),
-        ],
-    )
-    .create_with_context(Deliveries::default())
-    .context("creating a Kafka producer")
+    super::client::bulk_producer(config, Deliveries::default())
 }
 
 /// Flushes and fails if any of the `sent` records was not delivered.
@@ -77,8 +67,8 @@ pub(crate) fn flush_checked(producer: &BaseProducer<Deliveries>, sent: u64) -> c
 /// timestamp is its event `time` (where readable) instead of now, for
 /// consumers that order by record timestamps (gpuledger does not).
 pub fn produce(config: &Config, files: [Option<&Path>; 3], event_timestamps: bool) -> crate::Result<ProduceSummary> {
-    let consumer = super::metadata_consumer(config)?;
-    let partitions = super::check_copartitioned(config, &consumer)?;
+    let consumer = super::client::metadata_consumer(config)?;
+    let partitions = super::cluster::check_copartitioned(config, &consumer)?;
     let producer = bulk_producer(config)?;
     let mut summary = ProduceSummary::default();
     let started = Instant::now();

@@ -22,8 +22,10 @@ use anyhow::{bail, Context as _};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::processor::{close_in_background, committed_chain, read_progress};
+use super::client::close_in_background;
+use super::progress::{committed_chain, read_progress};
 use crate::config::Config;
+use crate::fold::state::{KeyedOffsets, Offsets};
 use crate::store::rocks::RocksStore;
 use crate::units::Millis;
 
@@ -38,8 +40,8 @@ pub enum ResetTo {
 pub struct PartitionReset {
     pub partition: u32,
     /// Committed offsets (deals, metering) now.
-    pub current: [i64; 2],
-    pub target: [i64; 2],
+    pub current: KeyedOffsets,
+    pub target: KeyedOffsets,
     /// When the target cycle was committed (`--to-datetime`).
     pub committed_at: Option<Millis>,
 }
@@ -76,8 +78,8 @@ impl ResetPlan {
                 text,
                 "{:<10} {:>24} {:>24}  {at}",
                 reset.partition,
-                format!("{} -> {}", reset.current[0], reset.target[0]),
-                format!("{} -> {}", reset.current[1], reset.target[1]),
+                format!("{} -> {}", reset.current.deals, reset.target.deals),
+                format!("{} -> {}", reset.current.metering, reset.target.metering),
             );
         }
         let _ = match &self.state {
@@ -102,7 +104,7 @@ impl ResetPlan {
 /// Fails unless the group has no live member.
 fn group_state(consumer: &BaseConsumer, group: &str) -> crate::Result<String> {
     let groups = consumer
-        .fetch_group_list(Some(group), super::METADATA_TIMEOUT)
+        .fetch_group_list(Some(group), super::client::METADATA_TIMEOUT)
         .with_context(|| format!("cannot tell whether group {group} has live members; refusing to reset"))?;
     let Some(info) = groups.groups().iter().find(|info| info.name() == group) else {
         return Ok("unknown to the broker".to_owned());
@@ -134,26 +136,28 @@ fn moved_name(state_dir: &Path, now: Millis) -> PathBuf {
 
 /// Works out the reset; changes nothing.
 pub fn plan(config: &Config, to: ResetTo, now: Millis) -> crate::Result<ResetPlan> {
-    let metadata = super::metadata_consumer(config)?;
-    let partitions = super::check_copartitioned(config, &metadata)?;
+    let metadata = super::client::metadata_consumer(config)?;
+    let partitions = super::cluster::check_copartitioned(config, &metadata)?;
     let group_state = group_state(&metadata, &config.group_id)?;
     close_in_background(metadata);
     let all: Vec<u32> = (0..partitions).collect();
-    let committed = super::group_offsets(config, &all)?;
+    let committed = super::cluster::group_offsets(config, &all)?;
     let mut resets = Vec::new();
     for partition in all {
-        let current = committed.get(&partition).copied().unwrap_or([0, 0]);
+        let current = committed.get(&partition).copied().unwrap_or_default();
         let (target, committed_at) = match to {
-            ResetTo::Earliest => ([0, 0], None),
+            ResetTo::Earliest => (KeyedOffsets::default(), None),
             ResetTo::Datetime(at) => {
-                if current == [0, 0] {
-                    ([0, 0], None)
+                if current == KeyedOffsets::default() {
+                    (KeyedOffsets::default(), None)
                 } else {
                     let entries = read_progress(config, partition)?;
-                    let Some(chain) = committed_chain(&entries, [0, 0, 0], current) else {
+                    let Some(chain) = committed_chain(&entries, Offsets::ZERO, current) else {
                         bail!(
                             "partition {partition}: the progress topic does not hold the committed history up to \
-                             offsets {current:?}; use --to-earliest"
+                             deals offset {} and metering offset {}; use --to-earliest",
+                            current.deals,
+                            current.metering
                         );
                     };
                     let last =
@@ -161,9 +165,9 @@ pub fn plan(config: &Config, to: ResetTo, now: Millis) -> crate::Result<ResetPla
                     match last {
                         Some(index) => {
                             let entry = &entries[*index];
-                            ([entry.end[1], entry.end[2]], entry.timestamp)
+                            (entry.end.keyed(), entry.timestamp)
                         }
-                        None => ([0, 0], None),
+                        None => (KeyedOffsets::default(), None),
                     }
                 }
             }
@@ -180,8 +184,11 @@ pub fn plan(config: &Config, to: ResetTo, now: Millis) -> crate::Result<ResetPla
         let mut beyond = Vec::new();
         for task in &tasks {
             let stored = crate::store::load_task_meta(&store, *task)?.offsets;
-            let target = resets.iter().find(|reset| reset.partition == *task).map_or([0, 0], |reset| reset.target);
-            if stored[1] > target[0] || stored[2] > target[1] {
+            let target = resets
+                .iter()
+                .find(|reset| reset.partition == *task)
+                .map_or(KeyedOffsets::default(), |reset| reset.target);
+            if target.check_not_behind(&stored).is_err() {
                 beyond.push(*task);
             }
         }
@@ -197,10 +204,7 @@ pub fn plan(config: &Config, to: ResetTo, now: Millis) -> crate::Result<ResetPla
 /// Carries out a plan: checks the group again, moves the state aside, then
 /// commits the new offsets for the group.
 pub fn apply(config: &Config, plan: &ResetPlan) -> crate::Result<()> {
-    let consumer: BaseConsumer =
-        super::client_config(config, &[("group.id", &config.group_id), ("enable.auto.commit", "false")])
-            .create()
-            .context("creating a Kafka client")?;
+    let consumer: BaseConsumer = super::client::group_offsets_client(config)?;
     // A processor may have joined since the plan was made.
     group_state(&consumer, &config.group_id)?;
     if let StateAction::Move { to, .. } = &plan.state {
@@ -210,8 +214,12 @@ pub fn apply(config: &Config, plan: &ResetPlan) -> crate::Result<()> {
     }
     let mut list = TopicPartitionList::new();
     for reset in &plan.partitions {
-        list.add_partition_offset(&config.topics.deals, reset.partition as i32, Offset::Offset(reset.target[0]))?;
-        list.add_partition_offset(&config.topics.metering, reset.partition as i32, Offset::Offset(reset.target[1]))?;
+        list.add_partition_offset(&config.topics.deals, reset.partition as i32, Offset::Offset(reset.target.deals))?;
+        list.add_partition_offset(
+            &config.topics.metering,
+            reset.partition as i32,
+            Offset::Offset(reset.target.metering),
+        )?;
     }
     consumer
         .commit(&list, CommitMode::Sync)

@@ -355,6 +355,25 @@ pub fn load_startup(store: &dyn KvStore, startup_id: &str) -> crate::Result<Opti
     Ok(None)
 }
 
+/// A start-up's balances record (spec §10) from a state directory, with
+/// its task's offsets (inputs named `rates`, `deals`, `metering`) and
+/// output digest; `None` when no task holds the start-up.
+pub fn load_balances(store: &dyn KvStore, startup_id: &str) -> crate::Result<Option<crate::records::Balances>> {
+    let Some((partition, startup)) = load_startup(store, startup_id)? else { return Ok(None) };
+    let meta = load_task_meta(store, partition)?;
+    let offsets: Vec<crate::records::InputOffset> = crate::events::Topic::ALL
+        .into_iter()
+        .map(|topic| crate::records::InputOffset {
+            topic: topic.name().to_owned(),
+            partition: if topic == crate::events::Topic::Rates { 0 } else { partition },
+            offset: meta.offsets[topic],
+        })
+        .collect();
+    let mut balances = crate::fold::balances_of(&startup, partition, &offsets);
+    balances.digest = meta.digest.hex();
+    Ok(Some(balances))
+}
+
 /// Checks (and on first use records) how many partitions the state
 /// directory's tasks were split into.
 pub fn check_layout(store: &mut dyn KvStore, partitions: u32) -> crate::Result<()> {

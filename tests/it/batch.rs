@@ -254,7 +254,7 @@ fn gen_is_deterministic_per_seed_and_credits_the_trace() {
     let dir = tempfile::tempdir().unwrap();
     let make = |name: &str, seed: u64| {
         let out = dir.path().join(name);
-        gpuledger::gen::generate(&gpuledger::gen::GenOptions {
+        gpuledger::workload::generate(&gpuledger::workload::GenOptions {
             trace: super::common::philly_trace(),
             out: out.clone(),
             seed,

@@ -3,8 +3,9 @@
 
 use std::path::Path;
 
-use gpuledger::events::avro::{OutputEncoder, SchemaRegistry, INPUT_SCHEMAS};
+use gpuledger::events::avro::{SchemaRegistry, INPUT_SCHEMAS};
 use gpuledger::events::{decode_record, Limits, Reason, Topic};
+use gpuledger::records::avro::OutputEncoder;
 use serde_json::Value;
 
 fn examples() -> Vec<(String, Value)> {

@@ -12,7 +12,7 @@ pub fn philly_trace() -> PathBuf {
 /// A small workload from the first `jobs` jobs of the Philly trace.
 pub fn workload(dir: &Path, jobs: usize, slice_ms: i64) -> PathBuf {
     let out = dir.join("workload");
-    gpuledger::gen::generate(&gpuledger::gen::GenOptions {
+    gpuledger::workload::generate(&gpuledger::workload::GenOptions {
         trace: philly_trace(),
         out: out.clone(),
         seed: 7,

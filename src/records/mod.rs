@@ -6,6 +6,8 @@
 //! period); alerts `alert_id`; dead letters (topic, partition, offset);
 //! balances (task, offsets).
 
+pub mod avro;
+
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 

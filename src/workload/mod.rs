@@ -27,14 +27,17 @@
 //!
 //! Same trace, seed and options → the same bytes.
 
+mod trace;
+
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs::File;
-use std::io::{BufRead, BufReader, BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
 
-use anyhow::{bail, Context as _};
+use anyhow::Context as _;
 
+use self::trace::{read_trace, Job, Random};
 use crate::units::{format_millis, parse_rfc3339, Millis, DAY_MS, HOUR_MS, MINUTE_MS};
 
 #[derive(Clone, Debug)]
@@ -54,29 +57,6 @@ pub struct GenSummary {
     pub metering_lines: u64,
     pub deal_lines: u64,
     pub rate_lines: u64,
-}
-
-/// SplitMix64: small, fast, and the same on every platform.
-struct Random(u64);
-
-impl Random {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in 0..bound.
-    fn below(&mut self, bound: u64) -> u64 {
-        self.next() % bound
-    }
-
-    /// True with probability parts / 1,000,000.
-    fn chance(&mut self, parts_per_million: u64) -> bool {
-        self.below(1_000_000) < parts_per_million
-    }
 }
 
 pub const STARTUP_NAMES: [&str; 15] = [
@@ -138,63 +118,6 @@ pub fn gpu_model_for(gpus: i64) -> &'static str {
     }
 }
 
-struct Job {
-    tenant: String,
-    start: Millis,
-    end: Millis,
-    gpus: i64,
-}
-
-/// "66.0" seconds → 66000 ms, exactly (no floats).
-fn seconds_to_ms(text: &str) -> Option<Millis> {
-    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
-    let whole: i64 = whole.parse().ok()?;
-    let mut millis = 0i64;
-    for position in 0..3 {
-        let digit = fraction
-            .as_bytes()
-            .get(position)
-            .map_or(Some(0), |byte| byte.is_ascii_digit().then(|| i64::from(byte - b'0')))?;
-        millis = millis * 10 + digit;
-    }
-    Some(whole * 1000 + millis)
-}
-
-fn read_trace(path: &Path, limit: Option<usize>, shift: Millis) -> crate::Result<Vec<Job>> {
-    let file = File::open(path).with_context(|| format!("opening trace {}", path.display()))?;
-    let mut jobs = Vec::new();
-    for (index, line) in BufReader::new(file).lines().enumerate() {
-        let line = line.with_context(|| format!("reading {}", path.display()))?;
-        if index == 0 {
-            if !line.starts_with("timestamp,duration,num_gpus") {
-                bail!("{}: not a Philly trace (header {line:?})", path.display());
-            }
-            continue;
-        }
-        if line.trim().is_empty() {
-            continue;
-        }
-        if limit.is_some_and(|limit| jobs.len() >= limit) {
-            break;
-        }
-        let fields: Vec<&str> = line.split(',').collect();
-        let bad = || anyhow::anyhow!("{}:{}: malformed row {line:?}", path.display(), index + 1);
-        if fields.len() != 5 {
-            return Err(bad());
-        }
-        let start = parse_rfc3339(&format!("{}Z", fields[0].replacen(' ', "T", 1))).ok_or_else(bad)?;
-        let duration = seconds_to_ms(fields[1]).ok_or_else(bad)?.max(1000);
-        let gpus: i64 = fields[2].parse().map_err(|_| bad())?;
-        jobs.push(Job {
-            tenant: fields[4].to_owned(),
-            start: start + shift,
-            end: start + shift + duration,
-            gpus: gpus.max(1),
-        });
-    }
-    Ok(jobs)
-}
-
 #[allow(clippy::too_many_arguments)] // one line of JSON, one argument per field
 fn usage_json(
     startup: &str,
@@ -241,26 +164,70 @@ pub fn generate(options: &GenOptions) -> crate::Result<GenSummary> {
     let jobs = read_trace(&options.trace, options.jobs, target - origin)?;
     anyhow::ensure!(!jobs.is_empty(), "the trace has no jobs");
     let mut random = Random(options.seed ^ 0x6770_756c_6564_6765);
-
-    // Tenants ranked by GPU-hours (ties by id) get the start-up names.
-    let mut gpu_ms: BTreeMap<&str, i128> = BTreeMap::new();
-    for job in &jobs {
-        *gpu_ms.entry(&job.tenant).or_default() += i128::from(job.gpus) * i128::from(job.end - job.start);
-    }
-    let mut ranked: Vec<(&str, i128)> = gpu_ms.into_iter().collect();
-    ranked.sort_by(|left, right| right.1.cmp(&left.1).then(left.0.cmp(right.0)));
-    anyhow::ensure!(ranked.len() <= STARTUP_NAMES.len(), "the trace has more than {} tenants", STARTUP_NAMES.len());
+    let ranked = rank_tenants(&jobs)?;
     let tenant_index: BTreeMap<&str, usize> =
         ranked.iter().enumerate().map(|(index, (tenant, _))| (*tenant, index)).collect();
 
     let trace_start = jobs.iter().map(|job| job.start).min().expect("non-empty");
     let day0 = trace_start - trace_start.rem_euclid(DAY_MS);
     let price_change = parse_rfc3339("2025-11-01T00:00:00Z").expect("constant");
+    let slices = usage_slices(&jobs, &tenant_index, options.slice, &mut random);
+    // Deal dates are set as fractions (per mille) of the trace's span, so a
+    // workload of a few jobs exercises expiries and revocations as the full
+    // trace does. Whole hours keep the files readable.
+    let span = slices.slices.last().map_or(DAY_MS, |last| last.0 - day0).max(DAY_MS);
+    let at_permille = |permille: i64| {
+        let instant = day0 + (i128::from(span) * i128::from(permille) / 1000) as i64;
+        instant - instant.rem_euclid(HOUR_MS)
+    };
 
-    // Usage slices, sorted by publication time (slice end).
+    std::fs::create_dir_all(&options.out).with_context(|| format!("creating {}", options.out.display()))?;
+    let mut summary = GenSummary { jobs: jobs.len(), ..GenSummary::default() };
+    let rates = rate_lines(day0, price_change);
+    let deals = deal_lines(ranked.len(), &slices.expected_cost, day0, &at_permille, &mut random);
+    write_metering(options, &jobs, &tenant_index, &slices, day0, &mut random, &mut summary)?;
+
+    let write_lines = |name: &str, lines: &[(Millis, String)]| -> crate::Result<u64> {
+        let path = options.out.join(name);
+        let mut writer = BufWriter::new(File::create(&path).with_context(|| format!("creating {}", path.display()))?);
+        for (_, line) in lines {
+            writeln!(writer, "{line}")?;
+        }
+        writer.flush()?;
+        Ok(lines.len() as u64)
+    };
+    summary.rate_lines = write_lines("rates.jsonl", &rates)?;
+    summary.deal_lines = write_lines("deals.jsonl", &deals)?;
+    write_attribution(options, jobs.len())?;
+    Ok(summary)
+}
+
+/// Tenants ranked by GPU-hours (ties by id): they get the start-up names
+/// in this order.
+fn rank_tenants(jobs: &[Job]) -> crate::Result<Vec<(&str, i128)>> {
+    let mut gpu_ms: BTreeMap<&str, i128> = BTreeMap::new();
+    for job in jobs {
+        *gpu_ms.entry(&job.tenant).or_default() += i128::from(job.gpus) * i128::from(job.end - job.start);
+    }
+    let mut ranked: Vec<(&str, i128)> = gpu_ms.into_iter().collect();
+    ranked.sort_by(|left, right| right.1.cmp(&left.1).then(left.0.cmp(right.0)));
+    anyhow::ensure!(ranked.len() <= STARTUP_NAMES.len(), "the trace has more than {} tenants", STARTUP_NAMES.len());
+    Ok(ranked)
+}
+
+/// Each job's usage slices, sorted by publication time (slice end), with
+/// each job's tier and each tenant's expected cost at list prices.
+struct Slices {
+    /// (slice end, job index, slice number).
+    slices: Vec<(Millis, u32, u32)>,
+    job_tiers: Vec<usize>,
+    expected_cost: Vec<i128>,
+}
+
+fn usage_slices(jobs: &[Job], tenant_index: &BTreeMap<&str, usize>, slice: Millis, random: &mut Random) -> Slices {
     let mut slices: Vec<(Millis, u32, u32)> = Vec::new();
     let mut job_tiers = Vec::with_capacity(jobs.len());
-    let mut expected_cost: Vec<i128> = vec![0; ranked.len()];
+    let mut expected_cost: Vec<i128> = vec![0; tenant_index.len()];
     for (index, job) in jobs.iter().enumerate() {
         let tier = match random.below(100) {
             0..=69 => 0,
@@ -277,26 +244,19 @@ pub fn generate(options: &GenOptions) -> crate::Result<GenSummary> {
         let mut slice_start = job.start;
         let mut number = 0u32;
         while slice_start < job.end {
-            let slice_end = (slice_start + options.slice).min(job.end);
+            let slice_end = (slice_start + slice).min(job.end);
             slices.push((slice_end, index as u32, number));
             slice_start = slice_end;
             number += 1;
         }
     }
     slices.sort_unstable();
-    // Deal dates are set as fractions (per mille) of the trace's span, so a
-    // workload of a few jobs exercises expiries and revocations as the full
-    // trace does. Whole hours keep the files readable.
-    let span = slices.last().map_or(DAY_MS, |last| last.0 - day0).max(DAY_MS);
-    let at_permille = |permille: i64| {
-        let instant = day0 + (i128::from(span) * i128::from(permille) / 1000) as i64;
-        instant - instant.rem_euclid(HOUR_MS)
-    };
+    Slices { slices, job_tiers, expected_cost }
+}
 
-    std::fs::create_dir_all(&options.out).with_context(|| format!("creating {}", options.out.display()))?;
-    let mut summary = GenSummary { jobs: jobs.len(), ..GenSummary::default() };
-
-    // Rates.
+/// The rate cards: every model, region and tier at the start and after the
+/// price change, with a duplicate, a conflicting duplicate and a bad tier.
+fn rate_lines(day0: Millis, price_change: Millis) -> Vec<(Millis, String)> {
     let mut rates = Vec::new();
     let rate_line = |model: &str, region: usize, tier: usize, from: Millis, published: Millis, version: u32| {
         let min_billable = if tier == 0 { 60 } else { 0 };
@@ -334,10 +294,20 @@ pub fn generate(options: &GenOptions) -> crate::Result<GenSummary> {
         }
     }
     rates.sort_by_key(|(time, _)| *time);
+    rates
+}
 
-    // Deals.
+/// Each start-up's deal and its grants (and the promotional, prepaid,
+/// extension, revocation and cancellation cases), then bad deal records.
+fn deal_lines(
+    startups: usize,
+    expected_cost: &[i128],
+    day0: Millis,
+    at_permille: &dyn Fn(i64) -> Millis,
+    random: &mut Random,
+) -> Vec<(Millis, String)> {
     let mut deals: Vec<(Millis, String)> = Vec::new();
-    for (index, (_, _)) in ranked.iter().enumerate() {
+    for index in 0..startups {
         let startup = STARTUP_NAMES[index];
         let dollars = 1_000_000i128;
         // Credits sized at 60–130 % of the list cost of the start-up's usage,
@@ -419,7 +389,7 @@ pub fn generate(options: &GenOptions) -> crate::Result<GenSummary> {
             }
             _ => {}
         }
-        if index + 1 == ranked.len() && index > 3 {
+        if index + 1 == startups && index > 3 {
             let at = at_permille(120);
             deals.push((
                 at,
@@ -453,8 +423,21 @@ pub fn generate(options: &GenOptions) -> crate::Result<GenSummary> {
         deals.push((at, line));
     }
     deals.sort_by_key(|(time, _)| *time);
+    deals
+}
 
-    // Metering.
+/// `metering.jsonl`: the usage slices with hourly ticks, some published
+/// late or twice, and a bad record of each kind spread over the log.
+fn write_metering(
+    options: &GenOptions,
+    jobs: &[Job],
+    tenant_index: &BTreeMap<&str, usize>,
+    slices: &Slices,
+    day0: Millis,
+    random: &mut Random,
+    summary: &mut GenSummary,
+) -> crate::Result<()> {
+    let Slices { slices, job_tiers, .. } = slices;
     let meter_path = options.out.join("metering.jsonl");
     let mut meter = BufWriter::with_capacity(
         1 << 20,
@@ -581,26 +564,17 @@ pub fn generate(options: &GenOptions) -> crate::Result<GenSummary> {
         summary.metering_lines += 1;
     }
     meter.flush()?;
+    Ok(())
+}
 
-    let write_lines = |name: &str, lines: &[(Millis, String)]| -> crate::Result<u64> {
-        let path = options.out.join(name);
-        let mut writer = BufWriter::new(File::create(&path).with_context(|| format!("creating {}", path.display()))?);
-        for (_, line) in lines {
-            writeln!(writer, "{line}")?;
-        }
-        writer.flush()?;
-        Ok(lines.len() as u64)
-    };
-    summary.rate_lines = write_lines("rates.jsonl", &rates)?;
-    summary.deal_lines = write_lines("deals.jsonl", &deals)?;
+/// `ATTRIBUTION.md`: the trace's licence travels with the derived files.
+fn write_attribution(options: &GenOptions, jobs: usize) -> crate::Result<()> {
     let mut attribution = String::new();
     writeln!(attribution, "# Attribution\n")?;
     writeln!(
         attribution,
         "These files were generated by `gpuledger gen` (seed {}, slice {} ms, {} jobs) from the",
-        options.seed,
-        options.slice,
-        jobs.len()
+        options.seed, options.slice, jobs
     )?;
     writeln!(attribution, "Microsoft Philly GPU cluster trace, licensed CC-BY-4.0:\n")?;
     writeln!(
@@ -617,5 +591,5 @@ pub fn generate(options: &GenOptions) -> crate::Result<GenSummary> {
     )?;
     writeln!(attribution, "Tenants, deals, prices and GPU models are synthetic; see docs/workload.md of gpuledger.")?;
     std::fs::write(options.out.join("ATTRIBUTION.md"), attribution)?;
-    Ok(summary)
+    Ok(())
 }

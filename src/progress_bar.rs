@@ -1,16 +1,17 @@
-//! Progress of long ops commands: a bar on a terminal, plain `tracing` lines
+//! The progress bar of long ops commands (not the progress *record* of
+//! `kafka::progress`): a bar on a terminal, plain `tracing` lines
 //! (every 5 s) otherwise, both with events/s, partitions done and an ETA.
 
 use std::io::IsTerminal as _;
 use std::time::{Duration, Instant};
 
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{ProgressBar as Bar, ProgressStyle};
 
 const LINE_EVERY: Duration = Duration::from_secs(5);
 
-pub struct Progress {
+pub struct ProgressBar {
     what: &'static str,
-    bar: Option<ProgressBar>,
+    bar: Option<Bar>,
     total: Option<u64>,
     done: u64,
     partitions: u32,
@@ -19,13 +20,13 @@ pub struct Progress {
     last_line: Instant,
 }
 
-impl Progress {
+impl ProgressBar {
     /// `total` records over `partitions` partitions, when known.
-    pub fn new(what: &'static str, total: Option<u64>, partitions: u32) -> Progress {
+    pub fn new(what: &'static str, total: Option<u64>, partitions: u32) -> ProgressBar {
         let bar = std::io::stderr().is_terminal().then(|| {
             let bar = match total {
-                Some(total) => ProgressBar::new(total),
-                None => ProgressBar::new_spinner(),
+                Some(total) => Bar::new(total),
+                None => Bar::new_spinner(),
             };
             let template = "{msg} [{elapsed_precise}] {wide_bar} {human_pos}/{human_len} {per_sec} eta {eta}";
             if let Ok(style) = ProgressStyle::with_template(template) {
@@ -34,7 +35,7 @@ impl Progress {
             bar.set_message(format!("{what} 0/{partitions} partitions"));
             bar
         });
-        Progress {
+        ProgressBar {
             what,
             bar,
             total,
