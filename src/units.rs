@@ -279,6 +279,17 @@ pub fn mul_div_round(a: i128, b: i128, c: i128) -> Option<i128> {
     Some(round_half_even(a.checked_mul(b)?, c))
 }
 
+/// Lowercase hexadecimal of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut text = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        text.push(DIGITS[usize::from(byte >> 4)] as char);
+        text.push(DIGITS[usize::from(byte & 15)] as char);
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

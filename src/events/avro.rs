@@ -111,7 +111,7 @@ impl SchemaRegistry {
                 None => {
                     return reject(
                         Reason::Undecodable,
-                        format!("unknown Avro schema fingerprint {}", crate::records::hex(print)),
+                        format!("unknown Avro schema fingerprint {}", crate::units::hex(print)),
                     )
                 }
             }

@@ -13,6 +13,7 @@
 //! says what a commit must persist.
 
 mod balances;
+mod booking;
 mod dead_letter;
 pub mod merge;
 mod rules;

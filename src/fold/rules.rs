@@ -9,10 +9,11 @@ use std::collections::BTreeSet;
 
 use crate::events::{reject, Consideration, CreditGranted, DealSigned, Event, Payload, Reason, Rejection, Topic};
 use crate::records::{
-    identity_hash, Adjustment, Alert, AlertKind, JournalEntry, Output, PeriodFigures, Statement, StatementCurrency,
+    identity_hash, Adjustment, Alert, AlertKind, Output, PeriodFigures, Statement, StatementCurrency,
 };
 use crate::units::{format_millis, mul_div_round, Millis, Month, Ts};
 
+use super::booking::{book, entries_for, fits_i64, Entries};
 use super::state::{Deal, Grant, GrantState, RateBook, Startup};
 use super::{FoldConfig, FoldStats, EXPIRING_NOTICE};
 
@@ -107,80 +108,6 @@ pub fn fire(startup: &mut Startup, effect: &Effect, config: &FoldConfig, outputs
             false
         }
     }
-}
-
-/// Writes the journal entries of one source event, numbering their
-/// positions and skipping zero amounts (§9).
-pub(super) struct Entries<'a> {
-    topic: Topic,
-    startup: &'a str,
-    source: &'a str,
-    id: &'a str,
-    event_time: Millis,
-    period: Month,
-    adjusts_period: Option<Month>,
-    position: u32,
-}
-
-impl Entries<'_> {
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn write(
-        &mut self,
-        outputs: &mut Vec<Output>,
-        cause: &str,
-        currency: &str,
-        debit: &str,
-        credit: &str,
-        amount: i64,
-        deal_id: Option<&str>,
-        grant_id: Option<&str>,
-    ) {
-        debug_assert!(amount >= 0, "journal amounts are never negative");
-        if amount == 0 {
-            return;
-        }
-        let position = self.position.to_string();
-        self.position += 1;
-        let entry_id = identity_hash(&[self.topic.name(), self.startup, self.source, self.id, &position]);
-        outputs.push(Output::Journal(JournalEntry {
-            entry_id,
-            cause: cause.to_owned(),
-            startup: self.startup.to_owned(),
-            currency: currency.to_owned(),
-            debit: debit.to_owned(),
-            credit: credit.to_owned(),
-            amount,
-            deal_id: deal_id.map(str::to_owned),
-            grant_id: grant_id.map(str::to_owned),
-            event_time: Ts(self.event_time),
-            period: self.period,
-            adjusts_period: self.adjusts_period,
-            topic: self.topic.name().to_owned(),
-            source: self.source.to_owned(),
-            id: self.id.to_owned(),
-        }));
-    }
-}
-
-/// Books flows at `event_time` (§9): into the event's month if it is open,
-/// else into the earliest open month as an adjustment of the event's month.
-pub(super) fn book(
-    startup: &mut Startup,
-    event_time: Millis,
-    currency: &str,
-    flows: &PeriodFigures,
-) -> (Month, Option<Month>) {
-    let (period, adjusts) = startup.book.booking_month(Month::of(event_time));
-    if startup.book.closed_through.is_none() {
-        startup.book.first = Some(startup.book.first.map_or(period, |first| first.min(period)));
-    }
-    let month = startup.book.open.entry(period).or_default().entry(currency.to_owned()).or_default();
-    month.total.add(flows);
-    if let Some(adjusted) = adjusts {
-        month.adjustments.entry(adjusted).or_default().add(flows);
-    }
-    startup.figures.entry(currency.to_owned()).or_default().add(flows);
-    (period, adjusts)
 }
 
 fn close_month(startup: &mut Startup, month: Month, due: Millis) -> Statement {
@@ -326,10 +253,6 @@ pub fn apply(
     }
 }
 
-pub(super) fn fits_i64(total: i64, more: i64) -> bool {
-    total.checked_add(more).is_some()
-}
-
 fn fits_i64_i128(total: i128, more: i64) -> bool {
     total + i128::from(more) <= i128::from(i64::MAX)
 }
@@ -382,25 +305,6 @@ fn deal_signed(
         None,
     );
     Ok(())
-}
-
-pub(super) fn entries_for<'a>(
-    topic: Topic,
-    startup: &'a Startup,
-    event: &'a Event,
-    period: Month,
-    adjusts_period: Option<Month>,
-) -> Entries<'a> {
-    Entries {
-        topic,
-        startup: &startup.id,
-        source: &event.source,
-        id: &event.id,
-        event_time: event.time,
-        period,
-        adjusts_period,
-        position: 0,
-    }
 }
 
 fn credit_granted(

@@ -7,7 +7,7 @@ use crate::events::{reject, Consideration, Event, GpuUsage, Reason, Rejection, T
 use crate::records::{identity_hash, Alert, AlertKind, Draw, Output, PeriodFigures, RateRef, UsageRated};
 use crate::units::{format_millis, mul_div_round, Millis, Ts};
 
-use super::rules::{book, entries_for, fits_i64};
+use super::booking::{book, entries_for, fits_i64};
 use super::state::{rate_key_text, RateBook, RateKey, Startup, CONSUMED_THRESHOLDS};
 
 /// A usage event priced by its rate card.
