@@ -452,6 +452,26 @@ mod tests {
     }
 
     #[test]
+    fn segments_extend_while_offsets_follow_on() {
+        let mut segments = Vec::new();
+        for (topic, offset) in
+            [(Topic::Deals, 4), (Topic::Deals, 5), (Topic::Metering, 0), (Topic::Deals, 6), (Topic::Deals, 8)]
+        {
+            Segment::extend(&mut segments, topic, offset);
+        }
+        let segment = |topic, from, to| Segment { topic, from, to };
+        assert_eq!(
+            segments,
+            [
+                segment(Topic::Deals, 4, 6),
+                segment(Topic::Metering, 0, 1),
+                segment(Topic::Deals, 6, 7),
+                segment(Topic::Deals, 8, 9)
+            ]
+        );
+    }
+
+    #[test]
     fn retry_poisoned_gives_each_attempt_the_records_that_failed_before() {
         let mut seen: Vec<Vec<String>> = Vec::new();
         let done = retry_poisoned(0, |poisoned: &[String]| {

@@ -596,3 +596,31 @@ impl Changes {
             && !self.task_meta
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_are_indexed_by_input_and_show_as_before() {
+        let mut offsets = Offsets::new(1, 2, 3);
+        offsets[Topic::Metering] += 1;
+        assert_eq!(offsets[Topic::Rates], 1);
+        assert_eq!(offsets.keyed(), KeyedOffsets { deals: 2, metering: 4 });
+        assert_eq!(format!("{offsets:?}"), "[1, 2, 4]");
+        assert_eq!(serde_json::to_string(&offsets).unwrap(), "[1,2,4]");
+        assert!(Offsets::new(1, 2, 3).any_below(&offsets));
+        assert!(!offsets.any_below(&offsets));
+    }
+
+    #[test]
+    fn a_stored_position_past_the_committed_one_is_a_typed_conflict() {
+        let committed = KeyedOffsets { deals: 10, metering: 20 };
+        assert_eq!(committed.check_not_behind(&Offsets::new(99, 10, 20)), Ok(()));
+        assert_eq!(committed.check_not_behind(&Offsets::new(0, 3, 7)), Ok(()));
+        let conflict = committed.check_not_behind(&Offsets::new(0, 3, 21)).unwrap_err();
+        assert_eq!(conflict, PositionConflict { topic: Topic::Metering, stored: 21, committed: 20 });
+        assert_eq!(conflict.to_string(), "stored state is at metering offset 21, beyond the committed 20");
+        assert_eq!(committed.get(Topic::Rates), None);
+    }
+}
