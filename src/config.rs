@@ -36,6 +36,18 @@ pub struct RawConfig {
     pub clock: RawClock,
     #[serde(default)]
     pub limits: RawLimits,
+    #[serde(default)]
+    pub schemas: RawSchemas,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSchemas {
+    /// Confluent Schema Registry ids by schema (file stem of `schemas/`):
+    /// the ids the Confluent wire format carries, in and out. Defaults:
+    /// [`crate::records::avro::default_schema_ids`].
+    #[serde(default)]
+    pub ids: BTreeMap<String, u32>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -74,7 +86,8 @@ pub struct RawProcessor {
     pub state_dir: Option<PathBuf>,
     /// How often a commit cycle runs (default `100ms`).
     pub commit_interval: Option<String>,
-    /// Encoding of output records: `json` (default) or `avro`.
+    /// Encoding of output records: `json` (default), `avro` (single-object
+    /// encoding) or `avro-confluent` (Confluent wire format, `schemas.ids`).
     pub output_format: Option<String>,
     /// Fault injection for tests: abort every Nth transaction after its
     /// records were sent (0, the default, never).
@@ -153,7 +166,10 @@ impl Topics {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OutputFormat {
     Json,
+    /// Avro single-object encoding (spec fingerprint).
     Avro,
+    /// Confluent wire format: a zero byte, the schema's id, the datum.
+    AvroConfluent,
 }
 
 /// The validated configuration.
@@ -167,6 +183,8 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub commit_interval: Millis,
     pub output_format: OutputFormat,
+    /// Confluent schema ids of every input and output schema.
+    pub schema_ids: BTreeMap<String, u32>,
     pub inject_abort_every: u64,
     pub inject_refold_write_failure: bool,
     pub fold: FoldConfig,
@@ -314,8 +332,9 @@ impl Config {
         let output_format = match raw.processor.output_format.as_deref() {
             None | Some("json") => OutputFormat::Json,
             Some("avro") => OutputFormat::Avro,
+            Some("avro-confluent") => OutputFormat::AvroConfluent,
             Some(other) => {
-                problems.push(format!("processor.output_format must be json or avro, not {other:?}"));
+                problems.push(format!("processor.output_format must be json, avro or avro-confluent, not {other:?}"));
                 OutputFormat::Json
             }
         };
@@ -442,6 +461,23 @@ impl Config {
                 problems.push(format!("topic {name:?} is configured twice"));
             }
         }
+        let mut schema_ids = crate::records::avro::default_schema_ids();
+        for (schema, id) in &raw.schemas.ids {
+            match schema_ids.get_mut(schema) {
+                Some(slot) => *slot = *id,
+                None => problems.push(format!(
+                    "schemas.ids.{schema}: no such schema (one of {})",
+                    schema_ids.keys().cloned().collect::<Vec<_>>().join(", ")
+                )),
+            }
+        }
+        let mut by_id: BTreeMap<u32, Vec<&str>> = BTreeMap::new();
+        for (schema, id) in &schema_ids {
+            by_id.entry(*id).or_default().push(schema);
+        }
+        for (id, schemas) in by_id.iter().filter(|(_, schemas)| schemas.len() > 1) {
+            problems.push(format!("schemas.ids: id {id} is given to {}", schemas.join(" and ")));
+        }
         if !problems.is_empty() {
             bail!("invalid configuration:\n  - {}", problems.join("\n  - "));
         }
@@ -454,6 +490,7 @@ impl Config {
             state_dir: raw.processor.state_dir.unwrap_or_else(|| PathBuf::from("gpuledger-state")),
             commit_interval,
             output_format,
+            schema_ids,
             inject_abort_every: raw.processor.inject_abort_every.unwrap_or(0),
             inject_refold_write_failure: raw.processor.inject_refold_write_failure.unwrap_or(false),
             fold,
@@ -545,6 +582,12 @@ fn apply_environment(raw: &mut RawConfig, environment: &BTreeMap<String, String>
                 }
             }
             ["clock", "tick_interval"] => raw.clock.tick_interval = value,
+            ["schemas", "ids", schema] => match text.parse() {
+                Ok(id) => {
+                    raw.schemas.ids.insert((*schema).to_owned(), id);
+                }
+                Err(_) => problems.push(format!("{name} must be a whole number, not {text:?}")),
+            },
             ["topics", topic] => {
                 let slot = match *topic {
                     "rates" => &mut raw.topics.rates,
@@ -629,6 +672,34 @@ mod tests {
         for expected in ["commit_interval", "output_format", "bootstrap_servers", "configured twice", "group.id"] {
             assert!(error.contains(expected), "{expected} missing from: {error}");
         }
+    }
+
+    #[test]
+    fn schema_ids_default_and_are_replaced_by_the_file_and_the_environment() {
+        let config = for_tests();
+        assert_eq!(config.schema_ids["deal_signed"], 1);
+        assert_eq!(config.schema_ids["clock_tick"], 8);
+        assert_eq!(config.schema_ids["usage_rated"], 9);
+        assert_eq!(config.schema_ids["balances"], 14);
+        let mut raw: RawConfig = toml::from_str(
+            "[kafka]\nbootstrap_servers = \"b:9092\"\n[processor]\noutput_format = \"avro-confluent\"\n[schemas]\nids = { usage_rated = 101 }\n",
+        )
+        .unwrap();
+        apply_environment(&mut raw, &env(&[("GPULEDGER_SCHEMAS__IDS__GPU_USAGE", "57")])).unwrap();
+        let config = Config::validate(raw).unwrap();
+        assert_eq!(config.output_format, OutputFormat::AvroConfluent);
+        assert_eq!((config.schema_ids["usage_rated"], config.schema_ids["gpu_usage"]), (101, 57));
+    }
+
+    #[test]
+    fn schema_ids_must_name_a_schema_and_be_unique() {
+        let raw: RawConfig = toml::from_str(
+            "[kafka]\nbootstrap_servers = \"b:9092\"\n[schemas]\nids = { usage_rated = 1, usage_ratd = 9 }\n",
+        )
+        .unwrap();
+        let error = Config::validate(raw).unwrap_err().to_string();
+        assert!(error.contains("schemas.ids.usage_ratd: no such schema"), "{error}");
+        assert!(error.contains("id 1 is given to deal_signed and usage_rated"), "{error}");
     }
 
     #[test]

@@ -17,7 +17,6 @@
 use std::collections::{BTreeMap, HashMap};
 
 use anyhow::{anyhow, bail};
-use apache_avro::rabin::Rabin;
 use apache_avro::types::Value as AvroValue;
 use apache_avro::Schema;
 use serde_json::{Map, Number, Value as JsonValue};
@@ -37,8 +36,15 @@ pub const INPUT_SCHEMAS: [(&str, &str); 8] = [
     ("clock_tick", include_str!("../../schemas/clock_tick.avsc")),
 ];
 
+/// The Confluent ids of the input schemas unless `[schemas] ids` says
+/// otherwise: 1–8 in the order of [`INPUT_SCHEMAS`] (the outputs follow,
+/// [`crate::records::avro::default_schema_ids`]).
+pub fn default_input_ids() -> BTreeMap<String, u32> {
+    INPUT_SCHEMAS.iter().zip(1..).map(|((name, _), id)| ((*name).to_owned(), id)).collect()
+}
+
+pub(crate) const CONFLUENT_MAGIC: u8 = 0;
 pub(crate) const SINGLE_OBJECT_MAGIC: [u8; 2] = [0xC3, 0x01];
-const CONFLUENT_MAGIC: u8 = 0;
 
 /// Whether a record's bytes are Avro framed as the decoder accepts. JSON
 /// never starts with either marker.
@@ -59,10 +65,7 @@ pub fn bound_allocations() {
     apache_avro::util::max_allocation_bytes(MAX_AVRO_ALLOCATION);
 }
 
-pub fn fingerprint(schema: &Schema) -> [u8; 8] {
-    let bytes = schema.fingerprint::<Rabin>().bytes;
-    bytes.try_into().expect("CRC-64-AVRO is 8 bytes")
-}
+pub use super::fingerprint::{fingerprint, legacy_fingerprint};
 
 /// The schemas the decoder knows, by fingerprint and by Confluent id.
 #[derive(Clone, Debug)]
@@ -73,15 +76,21 @@ pub struct SchemaRegistry {
 }
 
 impl SchemaRegistry {
-    /// The input schemas, with Confluent ids 1..=8.
+    /// The input schemas, with the default Confluent ids (1..=8).
     pub fn builtin() -> SchemaRegistry {
+        SchemaRegistry::with_ids(&default_input_ids())
+    }
+
+    /// The input schemas, with the Confluent ids of `ids` (by file stem;
+    /// a schema without one is known by fingerprint only).
+    pub fn with_ids(ids: &BTreeMap<String, u32>) -> SchemaRegistry {
         bound_allocations();
         let mut registry =
             SchemaRegistry { schemas: Vec::new(), by_fingerprint: HashMap::new(), by_id: BTreeMap::new() };
-        for (index, (name, text)) in INPUT_SCHEMAS.iter().enumerate() {
+        for (name, text) in INPUT_SCHEMAS {
             let schema =
                 Schema::parse_str(text).unwrap_or_else(|error| panic!("built-in schema {name} is invalid: {error}"));
-            registry.add(name, schema, Some(index as u32 + 1));
+            registry.add(name, schema, ids.get(name).copied());
         }
         registry
     }
@@ -89,6 +98,8 @@ impl SchemaRegistry {
     /// Adds a schema, optionally under a Confluent id (a later id wins).
     pub fn add(&mut self, name: &str, schema: Schema, confluent_id: Option<u32>) {
         let index = self.schemas.len();
+        // Records written before fingerprints followed the spec still decode.
+        self.by_fingerprint.insert(legacy_fingerprint(&schema), index);
         self.by_fingerprint.insert(fingerprint(&schema), index);
         if let Some(id) = confluent_id {
             self.by_id.insert(id, index);

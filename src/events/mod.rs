@@ -14,7 +14,9 @@
 
 pub mod avro;
 pub mod canonical;
+pub mod compat;
 pub mod decode;
+pub mod fingerprint;
 pub mod json;
 
 use crate::units::Millis;

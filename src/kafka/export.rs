@@ -50,7 +50,8 @@ pub fn identity(stream: &str, record: &Value) -> crate::Result<String> {
 }
 
 fn decode(value: &[u8], stream: &str, encoder: &OutputEncoder) -> crate::Result<Value> {
-    if value.first() == Some(&0xC3) {
+    // JSON starts with `{`; Avro with `C3 01` (single object) or `00` (Confluent).
+    if matches!(value.first(), Some(0xC3 | 0x00)) {
         let schema = match stream {
             "usage-rated" => "usage_rated",
             "journal" => "journal_entry",
@@ -127,7 +128,7 @@ fn read_topic(
 
 pub fn export(config: &Config, out: &Path, streams: &[String]) -> crate::Result<ExportSummary> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let encoder = OutputEncoder::default();
+    let encoder = OutputEncoder::with_ids(&config.schema_ids);
     let mut summary = ExportSummary::default();
     for (stream, topic) in config.topics.outputs() {
         if !streams.is_empty() && !streams.iter().any(|wanted| wanted == stream) {

@@ -12,9 +12,9 @@ use serde_json::Value;
 use super::common::{lines, workload, STREAMS};
 
 /// A broker for one test; stopped on drop.
-struct Broker {
+pub(super) struct Broker {
     dir: tempfile::TempDir,
-    address: String,
+    pub(super) address: String,
 }
 
 fn script() -> PathBuf {
@@ -22,7 +22,7 @@ fn script() -> PathBuf {
 }
 
 impl Broker {
-    fn start() -> Broker {
+    pub(super) fn start() -> Broker {
         let dir = tempfile::tempdir().unwrap();
         let output = Command::new(script()).arg("start").arg(dir.path()).output().unwrap();
         assert!(output.status.success(), "broker did not start: {}", String::from_utf8_lossy(&output.stderr));
@@ -52,7 +52,7 @@ fn gpuledger_output(broker: &Broker, args: &[&str], environment: &[(&str, &str)]
         .unwrap()
 }
 
-fn gpuledger_with(broker: &Broker, args: &[&str], environment: &[(&str, &str)]) -> Output {
+pub(super) fn gpuledger_with(broker: &Broker, args: &[&str], environment: &[(&str, &str)]) -> Output {
     let output = gpuledger_output(broker, args, environment);
     assert!(
         output.status.success(),

@@ -23,6 +23,7 @@ use crate::config::{OutputFormat, Topics};
 use crate::drive::Segment;
 use crate::kafka::client::TRANSACTION_TIMEOUT;
 use crate::kafka::progress::{ProgressRecord, SegmentRecord};
+use crate::records::avro::Framing;
 use crate::records::Output;
 use crate::store::rocks::RocksStore;
 use crate::store::{self, KvStore};
@@ -256,13 +257,24 @@ impl Processor<'_> {
         for (output, json) in outputs.iter().zip(encoded) {
             let value = match self.config.output_format {
                 OutputFormat::Json => json,
-                OutputFormat::Avro => output.to_avro(&self.encoder)?,
+                OutputFormat::Avro => output.to_avro_framed(&self.encoder, Framing::SingleObject)?,
+                OutputFormat::AvroConfluent => output.to_avro_framed(&self.encoder, Framing::Confluent)?,
             };
             records.push((Arc::clone(destinations.of(output)), output.key().map(<[u8]>::to_vec), value));
         }
         for startup in &changes.balances {
             if let Some(balances) = runner.task.balances(startup, &self.names) {
-                let value = serde_json::to_vec(&balances)?;
+                let value = match self.config.output_format {
+                    OutputFormat::Json => serde_json::to_vec(&balances)?,
+                    OutputFormat::Avro => self.encoder.encode_framed(
+                        "balances",
+                        &serde_json::to_value(&balances)?,
+                        Framing::SingleObject,
+                    )?,
+                    OutputFormat::AvroConfluent => {
+                        self.encoder.encode_framed("balances", &serde_json::to_value(&balances)?, Framing::Confluent)?
+                    }
+                };
                 records.push((Arc::clone(&destinations.balances), Some(startup.as_bytes().to_vec()), value));
             }
         }

@@ -270,7 +270,7 @@ impl Shared<'_> {
                 Input::open(self.config, Topic::Deals, &topics.deals, partition)?,
                 Input::open(self.config, Topic::Metering, &topics.metering, partition)?,
             ],
-            registry: SchemaRegistry::builtin(),
+            registry: SchemaRegistry::with_ids(&self.config.schema_ids),
             limits: self.config.fold.limits,
         };
         let fresh = || TaskState { partition, ..TaskState::default() };
