@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the build needs, only when they are missing:
-# libclang (bindgen for RocksDB's bindings) and a C/C++ toolchain (RocksDB,
-# lz4). Needs root (or sudo) the first time; later runs change nothing.
+# Installs the Debian packages the build and tests need, only when they are
+# missing: libclang (bindgen for RocksDB's bindings), a C/C++ toolchain
+# (RocksDB, librdkafka), OpenSSL and zstd for librdkafka (TLS, SASL, zstd),
+# pkg-config, and stunnel4 and openssl (the TLS tests put a TLS terminator in
+# front of the local broker). Needs root (or sudo) the first time; later
+# runs change nothing.
 set -euo pipefail
 
 missing=()
-for package in libclang-dev g++ make; do
+for package in libclang-dev g++ make pkg-config libssl-dev libzstd-dev openssl stunnel4; do
   dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
 done
 if ((${#missing[@]})); then

@@ -143,7 +143,7 @@ pub fn run(config: &Config, exit_when_caught_up: bool) -> anyhow::Result<ExitCod
 }
 
 pub fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
-    let config = args.kafka.load(None)?;
+    let config = args.kafka.connect(None)?;
     let sink = match (&args.out, &args.emit_prefix) {
         (Some(dir), _) => kafka::replay::Sink::Files(dir.clone()),
         (None, Some(prefix)) => kafka::replay::Sink::Topics(prefix.clone()),
@@ -217,7 +217,7 @@ pub fn verify(state_dir: &Path, against: &Path, kafka_args: &KafkaArgs) -> anyho
         println!("{line}");
     }
     if kafka_args.config.is_some() || kafka_args.bootstrap_servers.is_some() {
-        let config = kafka_args.load(None)?;
+        let config = kafka_args.connect(None)?;
         for (partition, from, to) in &report.windows {
             println!("task {partition}: input records from offsets {from:?} to {to:?} (the first run's):");
             for line in kafka::cluster::input_records_between(&config, *partition, *from, *to)? {

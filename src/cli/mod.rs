@@ -170,13 +170,18 @@ pub(crate) struct KafkaArgs {
 }
 
 impl KafkaArgs {
-    pub(crate) fn load(&self, state_dir: Option<PathBuf>) -> anyhow::Result<gpuledger::config::Config> {
+    /// The configuration (file < environment < flags), once the cluster it
+    /// names has answered: a wrong address, an untrusted certificate or
+    /// refused credentials stop the command here, with the reason.
+    pub(crate) fn connect(&self, state_dir: Option<PathBuf>) -> anyhow::Result<gpuledger::config::Config> {
         let environment = std::env::vars().filter(|(name, _)| name.starts_with("GPULEDGER_")).collect();
-        gpuledger::config::Config::load(
+        let config = gpuledger::config::Config::load(
             self.config.as_deref(),
             &environment,
             &gpuledger::config::Overrides { bootstrap_servers: self.bootstrap_servers.clone(), state_dir },
-        )
+        )?;
+        gpuledger::kafka::client::check_reachable(&config)?;
+        Ok(config)
     }
 }
 
@@ -284,19 +289,19 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             commands::generate(gpuledger::workload::GenOptions { trace, out, seed, jobs, slice })
         }
         Command::Topics { command: TopicsCommand::Create { kafka, partitions, replication_factor } } => {
-            commands::create_topics(&kafka.load(None)?, partitions, replication_factor)
+            commands::create_topics(&kafka.connect(None)?, partitions, replication_factor)
         }
         Command::Produce { kafka, rates, deals, metering, event_timestamps } => {
-            commands::produce(&kafka.load(None)?, [rates, deals, metering], event_timestamps)
+            commands::produce(&kafka.connect(None)?, [rates, deals, metering], event_timestamps)
         }
         Command::Run { kafka, state_dir, exit_when_caught_up } => {
-            commands::run(&kafka.load(state_dir)?, exit_when_caught_up)
+            commands::run(&kafka.connect(state_dir)?, exit_when_caught_up)
         }
         Command::Replay(args) => commands::replay(args),
         Command::Reset { kafka, state_dir, to_earliest: _, to_datetime, dry_run } => {
-            commands::reset(&kafka.load(state_dir)?, to_datetime, dry_run)
+            commands::reset(&kafka.connect(state_dir)?, to_datetime, dry_run)
         }
-        Command::Export { kafka, out, topics } => commands::export(&kafka.load(None)?, &out, &topics),
+        Command::Export { kafka, out, topics } => commands::export(&kafka.connect(None)?, &out, &topics),
         Command::Balance { state_dir, startup, currency, json } => {
             commands::balance(&state_dir, &startup, currency.as_deref(), json)
         }

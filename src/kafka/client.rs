@@ -71,6 +71,85 @@ impl rdkafka::ClientContext for QuietEof {
 
 impl ConsumerContext for QuietEof {}
 
+/// How long a command tries to reach the cluster before it gives up.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A client context that keeps librdkafka's errors, so a command can say
+/// why it could not reach the cluster (logged as [`QuietEof`] logs them).
+#[derive(Default)]
+pub struct Recorder {
+    errors: std::sync::Mutex<Vec<(rdkafka::error::KafkaError, String)>>,
+}
+
+impl Recorder {
+    /// The first refusal no retry can cure: a certificate not trusted or not
+    /// for the host, a TLS handshake the broker rejects, refused credentials.
+    pub fn refusal(&self) -> Option<String> {
+        use rdkafka::error::KafkaError;
+        use rdkafka::types::RDKafkaErrorCode as Code;
+        let errors = self.errors.lock().expect("errors lock");
+        errors.iter().find_map(|(error, reason)| match error {
+            KafkaError::Global(Code::SSL | Code::Authentication | Code::SaslAuthenticationFailed) => {
+                Some(reason.clone())
+            }
+            _ => None,
+        })
+    }
+
+    /// The last error librdkafka reported, if any.
+    pub fn last(&self) -> Option<String> {
+        self.errors.lock().expect("errors lock").last().map(|(_, reason)| reason.clone())
+    }
+}
+
+impl rdkafka::ClientContext for Recorder {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        tracing::debug!(%error, reason, "librdkafka error");
+        self.errors.lock().expect("errors lock").push((error, reason.to_owned()));
+    }
+}
+
+impl rdkafka::producer::ProducerContext for Recorder {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, _: &rdkafka::message::DeliveryResult<'_>, _: ()) {}
+}
+
+/// Reaches the cluster and reads its metadata, so that a wrong address, a
+/// certificate that is not trusted or not for the host, or refused
+/// credentials is a clear error within seconds — librdkafka itself would
+/// retry them forever. Every Kafka command starts with it.
+pub fn check_reachable(config: &Config) -> crate::Result<()> {
+    // A producer: its error events reach the context with librdkafka's
+    // reason (a consumer's come out of `poll` as bare codes). It sends nothing.
+    let producer: BaseProducer<Recorder> =
+        properties(config, &[], &[]).create_with_context(Recorder::default()).context("creating a Kafka client")?;
+    let deadline = std::time::Instant::now() + CONNECT_TIMEOUT;
+    let servers = &config.bootstrap_servers;
+    let outcome = loop {
+        let fetched = producer.client().fetch_metadata(None, Duration::from_millis(500));
+        producer.poll(Duration::ZERO);
+        match fetched {
+            Ok(_) => break Ok(()),
+            Err(error) => {
+                if let Some(refusal) = producer.context().refusal() {
+                    break Err(anyhow::anyhow!("Kafka at {servers} refused the connection: {refusal}"));
+                }
+                if std::time::Instant::now() >= deadline {
+                    let said =
+                        producer.context().last().map(|last| format!(" (librdkafka: {last})")).unwrap_or_default();
+                    break Err(anyhow::anyhow!(
+                        "cannot reach Kafka at {servers} within {} s: {error}{said}",
+                        CONNECT_TIMEOUT.as_secs()
+                    ));
+                }
+            }
+        }
+    };
+    close_in_background(producer);
+    outcome
+}
+
 /// A consumer that is assigned partitions (it never joins a group, nothing
 /// is committed) and reports the end of each: group id `<group>-<purpose>`,
 /// with `extra` properties.
@@ -231,5 +310,57 @@ pub fn to_input(topic: Topic, message: &rdkafka::message::BorrowedMessage<'_>) -
         key: message.key().map(<[u8]>::to_vec),
         value: message.payload().unwrap_or_default().to_vec(),
         headers,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config_with(properties: &[(&str, &str)]) -> Config {
+        let mut config = crate::config::for_tests();
+        config.properties.extend(properties.iter().map(|(key, value)| ((*key).to_owned(), (*value).to_owned())));
+        config
+    }
+
+    /// The local broker cannot authenticate users (docs/kafka.md), so SASL is
+    /// shown here: the passthrough reaches every client, ours cannot be
+    /// overridden by it, and librdkafka as built accepts every mechanism
+    /// (it refuses to create a client whose settings it cannot honour).
+    #[test]
+    fn sasl_and_tls_settings_reach_the_clients_and_librdkafka_accepts_them() {
+        for mechanism in ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] {
+            let credentials: &[(&str, &str)] = if mechanism == "OAUTHBEARER" {
+                &[("sasl.oauthbearer.config", "principal=ledger scope=s3cret")]
+            } else {
+                &[("sasl.username", "ledger"), ("sasl.password", "s3cret")]
+            };
+            let mut settings = vec![
+                ("security.protocol", "SASL_SSL"),
+                ("sasl.mechanism", mechanism),
+                ("ssl.endpoint.identification.algorithm", "https"),
+                ("compression.type", "zstd"),
+            ];
+            settings.extend_from_slice(credentials);
+            let config = config_with(&settings);
+            let client = properties(&config, &GROUP_DEFAULTS, &[("group.id", "ours")]);
+            assert_eq!(client.get("sasl.mechanism"), Some(mechanism));
+            assert_eq!(client.get("security.protocol"), Some("SASL_SSL"));
+            assert_eq!(client.get("group.id"), Some("ours"));
+            let created: Result<BaseConsumer, _> =
+                client.clone().set_log_level(rdkafka::config::RDKafkaLogLevel::Emerg).create();
+            let created = created.map(|_| ()).map_err(|error| error.to_string());
+            assert_eq!(created, Ok(()), "{mechanism}");
+            assert!(!config.describe().contains("s3cret"), "{}", config.describe());
+        }
+    }
+
+    #[test]
+    fn a_user_property_cannot_override_ours() {
+        let config = config_with(&[("enable.auto.commit", "true"), ("session.timeout.ms", "30000")]);
+        let client = properties(&config, &GROUP_DEFAULTS, &[("enable.auto.commit", "false")]);
+        assert_eq!(client.get("enable.auto.commit"), Some("false"));
+        // Defaults yield to the user's.
+        assert_eq!(client.get("session.timeout.ms"), Some("30000"));
     }
 }

@@ -23,8 +23,29 @@ fn script() -> PathBuf {
 
 impl Broker {
     pub(super) fn start() -> Broker {
+        Broker::start_with(&["start"])
+    }
+
+    /// The broker behind a TLS terminator with `cert` and `key`; with
+    /// `client_ca`, clients must present a certificate it signed.
+    pub(super) fn start_tls(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Broker {
         let dir = tempfile::tempdir().unwrap();
-        let output = Command::new(script()).arg("start").arg(dir.path()).output().unwrap();
+        let output = Command::new(script())
+            .arg("start-tls")
+            .arg(dir.path())
+            .arg(cert)
+            .arg(key)
+            .args(client_ca)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "broker did not start: {}", String::from_utf8_lossy(&output.stderr));
+        let address = String::from_utf8(output.stdout).unwrap().trim().to_owned();
+        Broker { dir, address }
+    }
+
+    fn start_with(command: &[&str]) -> Broker {
+        let dir = tempfile::tempdir().unwrap();
+        let output = Command::new(script()).args(command).arg(dir.path()).output().unwrap();
         assert!(output.status.success(), "broker did not start: {}", String::from_utf8_lossy(&output.stderr));
         let address = String::from_utf8(output.stdout).unwrap().trim().to_owned();
         Broker { dir, address }
@@ -42,7 +63,7 @@ fn gpuledger(broker: &Broker, args: &[&str]) -> Output {
 }
 
 /// `gpuledger ARGS --bootstrap-servers …` with `environment`, whatever its exit.
-fn gpuledger_output(broker: &Broker, args: &[&str], environment: &[(&str, &str)]) -> Output {
+pub(super) fn gpuledger_output(broker: &Broker, args: &[&str], environment: &[(&str, &str)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_gpuledger"))
         .args(args)
         .args(["--bootstrap-servers", &broker.address])

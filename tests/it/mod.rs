@@ -9,3 +9,4 @@ mod props;
 mod robust;
 mod schemas;
 mod store;
+mod tls;
