@@ -6,7 +6,7 @@ confluent-kafka (producing, consuming). Driven by tests/it/interop.rs.
   interop.py produce BOOTSTRAP FRAMING RATES DEALS METERING
       the CloudEvents of schemas/examples/ to the three input topics, as
       JSON, Avro single-object encoding (`single`) or the Confluent wire
-      format (`confluent`), encoded by fastavro
+      format (`confluent`), encoded by fastavro, in zstd-compressed batches
   interop.py same BOOTSTRAP TOPIC_A TOPIC_B [INPUTS_A INPUTS_B]
       the two topics hold the same record values, in order (with the input
       topic prefixes INPUTS_A and INPUTS_B taken as the same)
@@ -132,7 +132,8 @@ def key_of(name, event):
 
 def produce(bootstrap, framing, rates, deals, metering):
     topics = {"rates": rates, "deals": deals, "metering": metering}
-    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
+    # zstd batches, as many clients send by default: gpuledger must read them.
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "compression.type": "zstd"})
     errors = []
     count = 0
     for name, event in examples():
