@@ -290,7 +290,7 @@ mod tests {
     use super::*;
     use crate::events::{json, Limits};
     use crate::fold::state::TaskState;
-    use crate::fold::{FoldConfig, TopicNames};
+    use crate::fold::FoldConfig;
 
     /// Three inputs in memory; `open` says which are still open (Pending
     /// when empty) rather than at their end.
@@ -526,6 +526,5 @@ mod tests {
         // empty deal; each output reaches the sink as JSON.
         assert_eq!(sink.lines.len(), 3);
         assert!(sink.lines.iter().all(|line| line.contains("\"reason\"")), "{:?}", sink.lines);
-        let _ = TopicNames::default();
     }
 }
