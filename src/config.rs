@@ -38,6 +38,23 @@ pub struct RawConfig {
     pub limits: RawLimits,
     #[serde(default)]
     pub schemas: RawSchemas,
+    #[serde(default)]
+    pub log: RawLog,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    /// `text` (default) or `json`: one JSON object per line with the
+    /// event's fields (task `partition`, offsets, …). `--log-format` wins.
+    pub format: Option<String>,
+}
+
+/// The log format the configuration file asks for (`[log] format`), if it
+/// can be read; the command reports a file it cannot read later.
+pub fn log_format_of_file(path: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    toml::from_str::<RawConfig>(&text).ok()?.log.format
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -461,6 +478,9 @@ impl Config {
                 problems.push(format!("topic {name:?} is configured twice"));
             }
         }
+        if let Some(format) = raw.log.format.as_deref().filter(|format| !["text", "json"].contains(format)) {
+            problems.push(format!("log.format must be text or json, not {format:?}"));
+        }
         let mut schema_ids = crate::records::avro::default_schema_ids();
         for (schema, id) in &raw.schemas.ids {
             match schema_ids.get_mut(schema) {
@@ -582,6 +602,7 @@ fn apply_environment(raw: &mut RawConfig, environment: &BTreeMap<String, String>
                 }
             }
             ["clock", "tick_interval"] => raw.clock.tick_interval = value,
+            ["log", "format"] => raw.log.format = value,
             ["schemas", "ids", schema] => match text.parse() {
                 Ok(id) => {
                     raw.schemas.ids.insert((*schema).to_owned(), id);
@@ -689,6 +710,16 @@ mod tests {
         let config = Config::validate(raw).unwrap();
         assert_eq!(config.output_format, OutputFormat::AvroConfluent);
         assert_eq!((config.schema_ids["usage_rated"], config.schema_ids["gpu_usage"]), (101, 57));
+    }
+
+    #[test]
+    fn the_log_format_is_text_or_json_from_the_file_or_the_environment() {
+        let mut raw: RawConfig =
+            toml::from_str("[kafka]\nbootstrap_servers = \"b:9092\"\n[log]\nformat = \"json\"\n").unwrap();
+        assert_eq!(raw.log.format.as_deref(), Some("json"));
+        apply_environment(&mut raw, &env(&[("GPULEDGER_LOG__FORMAT", "xml")])).unwrap();
+        let error = Config::validate(raw).unwrap_err().to_string();
+        assert!(error.contains("log.format must be text or json, not \"xml\""), "{error}");
     }
 
     #[test]

@@ -18,6 +18,35 @@ use gpuledger::units::Millis;
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines as text (default) or json (one object per line, with the
+    /// event's fields). Else GPULEDGER_LOG__FORMAT, else the config file's
+    /// `[log] format`.
+    #[arg(long, global = true, value_parser = ["text", "json"])]
+    log_format: Option<String>,
+}
+
+impl Cli {
+    /// Whether log lines are JSON: the flag, the environment, the config file.
+    pub fn json_logs(&self) -> bool {
+        let from_file = || {
+            self.kafka_args().and_then(|kafka| kafka.config.as_deref()).and_then(gpuledger::config::log_format_of_file)
+        };
+        let format = self.log_format.clone().or_else(|| std::env::var("GPULEDGER_LOG__FORMAT").ok()).or_else(from_file);
+        format.as_deref() == Some("json")
+    }
+
+    fn kafka_args(&self) -> Option<&KafkaArgs> {
+        match &self.command {
+            Command::Topics { command: TopicsCommand::Create { kafka, .. } }
+            | Command::Produce { kafka, .. }
+            | Command::Run { kafka, .. }
+            | Command::Reset { kafka, .. }
+            | Command::Export { kafka, .. }
+            | Command::Verify { kafka, .. } => Some(kafka),
+            Command::Replay(args) => Some(&args.kafka),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Subcommand)]

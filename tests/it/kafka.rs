@@ -914,3 +914,26 @@ fn a_failed_store_write_after_a_refold_is_fatal_and_a_restart_recovers() {
     gpuledger(&broker, &["export", "--out", path(&exported), "--topics", "usage-rated"]);
     assert_eq!(lines(&exported, "usage-rated").len(), 1, "published once, whatever the restarts");
 }
+
+#[test]
+fn logs_are_json_lines_with_the_task_on_request() {
+    let (broker, dir, _) = loaded_broker(5, 30 * gpuledger::units::MINUTE_MS, 2);
+    let state = dir.join("state");
+    let output = gpuledger_with(
+        &broker,
+        &["run", "--exit-when-caught-up", "--state-dir", path(&state)],
+        &[("GPULEDGER_LOG__FORMAT", "json"), ("GPULEDGER_LOG", "info")],
+    );
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    let lines: Vec<Value> = stderr
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|error| panic!("not a JSON line ({error}): {line}")))
+        .collect();
+    let starting: Vec<&Value> = lines.iter().filter(|line| line["fields"]["message"] == "task starting").collect();
+    assert_eq!(starting.len(), 2, "{stderr}");
+    for line in starting {
+        assert!(line["fields"]["partition"].is_u64(), "{line}");
+        assert_eq!(line["level"], "INFO");
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
