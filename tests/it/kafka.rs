@@ -100,7 +100,18 @@ fn produce(broker: &Broker, inputs: &Path) {
 }
 
 fn produce_files(broker: &Broker, rates: &Path, deals: &Path, metering: &Path) {
-    gpuledger(broker, &["produce", "--rates", path(rates), "--deals", path(deals), "--metering", path(metering)]);
+    produce_files_with(broker, rates, deals, metering, &[]);
+}
+
+pub(super) fn produce_files_with(
+    broker: &Broker,
+    rates: &Path,
+    deals: &Path,
+    metering: &Path,
+    environment: &[(&str, &str)],
+) {
+    let args = ["produce", "--rates", path(rates), "--deals", path(deals), "--metering", path(metering)];
+    gpuledger_with(broker, &args, environment);
 }
 
 /// A broker with the topics (`partitions` each) and a Philly workload of
@@ -139,8 +150,19 @@ fn assert_same_records(actual: &[String], expected: &[String], what: &str, dir: 
 /// records of aborted or re-sent cycles that this broker shows to
 /// read_committed readers (export fails on an identity with two contents).
 fn assert_exported_equals_fold(broker: &Broker, inputs: &Path, dir: &Path, name: &str) {
+    assert_exported_equals_fold_with(broker, inputs, dir, name, &[]);
+}
+
+/// [`assert_exported_equals_fold`] with the clients' `environment` (TLS settings).
+pub(super) fn assert_exported_equals_fold_with(
+    broker: &Broker,
+    inputs: &Path,
+    dir: &Path,
+    name: &str,
+    environment: &[(&str, &str)],
+) {
     let exported = dir.join(format!("export-{name}"));
-    let output = gpuledger(broker, &["export", "--out", path(&exported)]);
+    let output = gpuledger_with(broker, &["export", "--out", path(&exported)], environment);
     eprintln!("export ({name}):\n{}", String::from_utf8_lossy(&output.stdout));
     let folded = dir.join(format!("fold-{name}"));
     let mut options = super::common::options(inputs, &folded);

@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use super::common::{lines, workload, STREAMS};
-use super::kafka::{gpuledger_output, gpuledger_with, Broker};
+use super::common::{lines, workload};
+use super::kafka::{assert_exported_equals_fold_with, gpuledger_output, gpuledger_with, produce_files_with, Broker};
 
 /// A CA, and certificates it signs.
 struct Pki {
@@ -126,32 +126,12 @@ fn round_trip(broker: &Broker, environment: &[(&'static str, String)], dir: &Pat
     let environment = borrowed(environment);
     let inputs = workload(dir, 40, 30 * gpuledger::units::MINUTE_MS);
     gpuledger_with(broker, &["topics", "create", "--partitions", "4"], &environment);
-    let file = |name: &str| inputs.join(name).display().to_string();
-    gpuledger_with(
-        broker,
-        &[
-            "produce",
-            "--rates",
-            &file("rates.jsonl"),
-            "--deals",
-            &file("deals.jsonl"),
-            "--metering",
-            &file("metering.jsonl"),
-        ],
-        &environment,
-    );
+    let file = |name: &str| inputs.join(name);
+    produce_files_with(broker, &file("rates.jsonl"), &file("deals.jsonl"), &file("metering.jsonl"), &environment);
     let state = dir.join("state");
     gpuledger_with(broker, &["run", "--exit-when-caught-up", "--state-dir", state.to_str().unwrap()], &environment);
-    let exported = dir.join("export");
-    gpuledger_with(broker, &["export", "--out", exported.to_str().unwrap()], &environment);
-    let folded = dir.join("fold");
-    let mut options = super::common::options(&inputs, &folded);
-    options.partitions = 4;
-    super::common::fold(&options);
-    for stream in STREAMS {
-        assert_eq!(lines(&exported, stream), lines(&folded, stream), "{stream} over TLS differs from batch mode");
-    }
-    assert!(!lines(&exported, "usage-rated").is_empty());
+    assert_exported_equals_fold_with(broker, &inputs, dir, "tls", &environment);
+    assert!(!lines(&dir.join("export-tls"), "usage-rated").is_empty());
 }
 
 /// `gpuledger topics create` must fail, naming why, and not hang: it is
