@@ -324,7 +324,7 @@ impl Shared<'_> {
                 }
                 // Rate cards after the last event: folded for a complete state.
                 let mut outputs = Vec::new();
-                if let Err(poison) = what_if.take_rates(None, self.options.until, &mut outputs) {
+                if let Err(poison) = what_if.take_rates(None, self.options.until, &mut outputs, &mut Vec::new()) {
                     return Ok(Err(Failed::WhatIf(poison)));
                 }
                 comparison.absorb(Side::WhatIf, &outputs);

@@ -25,12 +25,14 @@ pub(super) struct WhatIf {
 impl WhatIf {
     /// Folds the alternative rate cards the merge rule takes before a
     /// record at `before` (all that remain for `None`); with `--until`,
-    /// cards later than it are left out like every other record.
+    /// cards later than it are left out like every other record. Outputs
+    /// are appended with their JSON bytes, as [`Task::fold_encoded`] gives them.
     pub(super) fn take_rates(
         &mut self,
         before: Option<Millis>,
         until: Option<Millis>,
         outputs: &mut Vec<Output>,
+        encoded: &mut Vec<Vec<u8>>,
     ) -> Result<(), Poisoned> {
         while let Some((record, decoded)) = self.rates.get(self.next_rate) {
             if let (Some(time), Some(before)) = (decoded.time, before) {
@@ -42,7 +44,7 @@ impl WhatIf {
             if until.is_some_and(|until| decoded.time.is_none_or(|time| time > until)) {
                 continue;
             }
-            self.task.fold(record, decoded.clone(), outputs)?;
+            self.task.fold_encoded(record, decoded.clone(), outputs, encoded)?;
         }
         Ok(())
     }
@@ -133,19 +135,16 @@ impl Step for WhatIfStep<'_, '_> {
         if record.topic != Topic::Rates {
             // A record without a time is taken at once (spec §4): no rate goes first.
             if let Some(time) = decoded.time {
-                if let Err(poison) = self.what_if.take_rates(Some(time), self.until, &mut self.outputs) {
+                let (outputs, encoded) = (&mut self.outputs, &mut self.encoded);
+                if let Err(poison) = self.what_if.take_rates(Some(time), self.until, outputs, encoded) {
                     return Ok(Err(Failed::WhatIf(poison)));
                 }
             }
-            if let Err(poison) = self.what_if.task.fold(&record, decoded, &mut self.outputs) {
+            let folded = self.what_if.task.fold_encoded(&record, decoded, &mut self.outputs, &mut self.encoded);
+            if let Err(poison) = folded {
                 return Ok(Err(Failed::WhatIf(poison)));
             }
             self.comparison.absorb(Side::WhatIf, &self.outputs);
-            for output in &self.outputs {
-                let mut bytes = Vec::with_capacity(512);
-                output.write_json(&mut bytes)?;
-                self.encoded.push(bytes);
-            }
         }
         self.sink.write(&mut self.what_if.task, &record, &mut self.outputs, &mut self.encoded)?;
         self.outputs.clear();
