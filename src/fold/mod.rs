@@ -243,6 +243,10 @@ impl Task {
             let mut bytes = Vec::with_capacity(512);
             output.write_json(&mut bytes).expect("writing to memory cannot fail");
             self.state.digest.absorb(&bytes);
+            if let Output::Statement(statement) = output {
+                let key = (statement.startup.clone(), statement.period.to_string());
+                self.changes.statements.insert(key, bytes.clone());
+            }
             encoded.push(bytes);
         }
         self.state.folded += 1;

@@ -562,6 +562,9 @@ pub struct Changes {
     pub deals: BTreeSet<(String, String)>,
     pub task_meta: bool,
     pub checkpoints: Vec<Checkpoint>,
+    /// Statements of months closed, by (start-up, period `YYYY-MM`): their
+    /// JSON, kept with the state so queries can serve closed months.
+    pub statements: BTreeMap<(String, String), Vec<u8>>,
 }
 
 impl Changes {

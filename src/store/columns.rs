@@ -18,6 +18,7 @@
 //! | `dedup` | partition, startup, identity (16 bytes) | time (8), usage flag (1), digest (32) |
 //! | `rates` | partition, gpu model, region, tier, effective_from | rate card (JSON) |
 //! | `rate_ids` | partition, identity (16 bytes) | digest (32) |
+//! | `statements` | partition, startup, period (`YYYY-MM`) | the statement record (JSON, as published) |
 
 use serde::{Deserialize, Serialize};
 
@@ -34,11 +35,20 @@ pub enum Column {
     Dedup,
     Rates,
     RateIds,
+    Statements,
 }
 
 impl Column {
-    pub const ALL: [Column; 7] =
-        [Column::Meta, Column::Startups, Column::Grants, Column::Deals, Column::Dedup, Column::Rates, Column::RateIds];
+    pub const ALL: [Column; 8] = [
+        Column::Meta,
+        Column::Startups,
+        Column::Grants,
+        Column::Deals,
+        Column::Dedup,
+        Column::Rates,
+        Column::RateIds,
+        Column::Statements,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -49,6 +59,7 @@ impl Column {
             Column::Dedup => "dedup",
             Column::Rates => "rates",
             Column::RateIds => "rate_ids",
+            Column::Statements => "statements",
         }
     }
 }

@@ -8,6 +8,7 @@
 //! both stores, and one conformance test runs over both.
 
 pub mod columns;
+pub mod reads;
 #[cfg(feature = "io")]
 pub mod rocks;
 
@@ -113,6 +114,9 @@ pub fn commit_ops(state: &TaskState, changes: &Changes) -> Vec<Op> {
     }
     for (identity, digest) in &changes.rate_identities {
         put(&mut ops, Column::RateIds, columns::rate_identity_key(partition, identity), digest.to_vec());
+    }
+    for ((startup, period), statement) in &changes.statements {
+        put(&mut ops, Column::Statements, columns::child_key(partition, startup, period), statement.clone());
     }
     for checkpoint in &changes.checkpoints {
         put(&mut ops, Column::Meta, columns::checkpoint_key(partition, checkpoint.folded), json(checkpoint));
@@ -333,24 +337,10 @@ pub fn verify(left: &dyn KvStore, right: &dyn KvStore) -> crate::Result<VerifyRe
 /// Finds a start-up in a state directory: its partition and its record with
 /// grants and deals (not its dedup identities).
 pub fn load_startup(store: &dyn KvStore, startup_id: &str) -> crate::Result<Option<(u32, Startup)>> {
-    for (key, value) in store.scan_prefix(Column::Startups, &[])? {
-        let Some((id, _)) = columns::split_startup_key(&key) else { continue };
-        if id != startup_id {
-            continue;
+    for partition in task_partitions(store)? {
+        if let Some(startup) = reads::startup_in(store, partition, startup_id)? {
+            return Ok(Some((partition, startup)));
         }
-        let partition = u32::from_be_bytes(key[..4].try_into().expect("keys start with the partition"));
-        let mut startup: Startup = parse(Column::Startups, &key, &value)?;
-        let prefix = columns::startup_key(partition, startup_id);
-        for (child, value) in store.scan_prefix(Column::Grants, &prefix)? {
-            let grant: Grant = parse(Column::Grants, &child, &value)?;
-            startup.grants.insert(grant.grant_id.clone(), grant);
-        }
-        for (child, value) in store.scan_prefix(Column::Deals, &prefix)? {
-            let deal: Deal = parse(Column::Deals, &child, &value)?;
-            startup.deals.insert(deal.deal_id.clone(), deal);
-        }
-        startup.rebuild_index();
-        return Ok(Some((partition, startup)));
     }
     Ok(None)
 }
@@ -359,19 +349,8 @@ pub fn load_startup(store: &dyn KvStore, startup_id: &str) -> crate::Result<Opti
 /// its task's offsets (inputs named `rates`, `deals`, `metering`) and
 /// output digest; `None` when no task holds the start-up.
 pub fn load_balances(store: &dyn KvStore, startup_id: &str) -> crate::Result<Option<crate::records::Balances>> {
-    let Some((partition, startup)) = load_startup(store, startup_id)? else { return Ok(None) };
-    let meta = load_task_meta(store, partition)?;
-    let offsets: Vec<crate::records::InputOffset> = crate::events::Topic::ALL
-        .into_iter()
-        .map(|topic| crate::records::InputOffset {
-            topic: topic.name().to_owned(),
-            partition: if topic == crate::events::Topic::Rates { 0 } else { partition },
-            offset: meta.offsets[topic],
-        })
-        .collect();
-    let mut balances = crate::fold::balances_of(&startup, partition, &offsets);
-    balances.digest = meta.digest.hex();
-    Ok(Some(balances))
+    let Some((partition, _)) = load_startup(store, startup_id)? else { return Ok(None) };
+    reads::balances_in(store, partition, startup_id, &crate::fold::TopicNames::default())
 }
 
 /// Checks (and on first use records) how many partitions the state
