@@ -61,7 +61,7 @@ bench: build ## gpuledger beside the broker's raw produce/consume, one run: benc
 .PHONY: bench-smoke
 bench-smoke: build ## the whole bench harness on a tiny workload (part of make test; under 2 minutes)
 	$(CARGO) build --release --locked --examples
-	BENCH_EVENTS=20000 RUNS=1 LATENCY_RATE=2000 LATENCY_SECONDS=3 PEER_IDLE=3 python3 bench/run.py --smoke
+	BENCH_EVENTS=20000 RUNS=1 LATENCY_RATE=2000 LATENCY_SECONDS=3 PEER_IDLE=3 QUERY_RATE=200 python3 bench/run.py --smoke
 
 .PHONY: profile
 profile: build ## perf profile of gpuledger run catching up on the Philly workload (JOBS=N for a part)

@@ -8,12 +8,15 @@ figure of a repetition is measured on the same data on the same broker:
 raw produce (`gpuledger produce`), raw consume (examples/raw_consume.rs),
 catch-up (`gpuledger run --exit-when-caught-up`, exactly-once, from offset
 0), replay (`gpuledger replay`). Fold only (`gpuledger fold`, one task, no broker) and
-latency (examples/latency.rs against a running processor) are measured too.
+latency (examples/latency.rs against a running processor) are measured too,
+and query latency (examples/query_load.rs) against two instances catching up
+with HTTP on, beside their catch-up rate without the query load.
 Peak RSS of every gpuledger process comes from wait4(2).
 
 Knobs (environment): BENCH_EVENTS (usage events, default 2000000; "all"
 for the full trace), RUNS (default 3), LATENCY_RATE (events/s, default
-20000), LATENCY_SECONDS (default 30), PEER_IDLE (seconds without a message that end
+20000), LATENCY_SECONDS (default 30), QUERY_RATE (balance queries/s while
+two instances with HTTP catch up, default 1000), PEER_IDLE (seconds without a message that end
 the Quix peer's run, default 10), TRACE (the Philly trace). --no-peer leaves
 the Quix Streams peer (bench/peers/quix) out.
 """
@@ -25,10 +28,12 @@ import os
 import platform
 import re
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -221,6 +226,89 @@ def latency(work, data, rate, seconds):
     return result
 
 
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def scrape(url):
+    """The samples of one /metrics page, as {name{labels}: value}."""
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+            if line and not line.startswith("#")}
+
+
+def queries(work, data, rate):
+    """Two instances with HTTP catch up from offset 0 on a fresh broker, once
+    without and once with RATE balance queries per second spread over every
+    start-up and both instances (examples/query_load.rs, open loop); the
+    catch-up rate of each, and the queries' latency."""
+    startups = sorted({json.loads(line)["startup"] for line in open(data / "deals.jsonl")
+                       if '"startup"' in line})
+    startups_file = work / "startups.txt"
+    startups_file.write_text("\n".join(startups) + "\n")
+    lines = {name: sum(1 for _ in open(data / f"{name}.jsonl")) for name in ("rates", "deals", "metering")}
+    # Each of the 4 tasks folds every rate card.
+    expected = 4 * lines["rates"] + lines["deals"] + lines["metering"]
+    figures = {}
+    for loaded in (False, True):
+        name = "queries-load" if loaded else "queries-quiet"
+        with Broker(work / f"broker-{name}") as broker:
+            kafka = ["--bootstrap-servers", broker.address]
+            run([BIN, "topics", "create", *kafka, "--partitions", "4"], work, f"{name}-topics")
+            run([BIN, "produce", *kafka, *inputs(data)], work, f"{name}-produce")
+            urls, processes = [], []
+            environment = dict(os.environ, GPULEDGER_LOG="warn")
+            started = time.monotonic()
+            for index in range(2):
+                port = free_port()
+                state = work / f"state-{name}-{index}"
+                shutil.rmtree(state, ignore_errors=True)
+                urls.append(f"http://127.0.0.1:{port}")
+                err = open(work / f"{name}-{index}.err", "wb")
+                processes.append(subprocess.Popen(
+                    [str(BIN), "run", *kafka, "--state-dir", str(state), "--http-listen", f"127.0.0.1:{port}"],
+                    stdout=subprocess.DEVNULL, stderr=err, env=environment))
+            stop = work / f"{name}.stop"
+            stop.unlink(missing_ok=True)
+            load = None
+            if loaded:
+                load_out = open(work / f"{name}-load.out", "wb")
+                load = subprocess.Popen([str(EXAMPLES / "query_load"), ",".join(urls), str(startups_file), str(rate),
+                                         "7200", str(stop)], stdout=load_out, stderr=subprocess.DEVNULL)
+            deadline = started + 3600
+            committed = 0
+            while committed < expected:
+                if time.monotonic() > deadline or any(process.poll() is not None for process in processes):
+                    for process in processes:
+                        process.kill()
+                    raise SystemExit(f"bench: {name}: {committed} of {expected} records committed; see {work}")
+                time.sleep(0.2)  # between two scrapes; the condition below decides
+                committed = 0
+                for url in urls:
+                    try:
+                        committed += scrape(url).get("gpuledger_records_committed_total", 0)
+                    except OSError:
+                        pass
+            seconds = time.monotonic() - started
+            stop.touch()
+            if load:
+                load.wait()
+                load_out.close()
+                figures["load"] = last_json((work / f"{name}-load.out").read_text())
+            for process in processes:
+                process.terminate()
+                process.wait()
+            figures[f"{name}_records_per_second"] = expected / seconds
+    figures["startups"] = len(startups)
+    figures["rate_target"] = rate
+    figures["catch_up_under_load_over_quiet"] = (figures["queries-load_records_per_second"]
+                                                 / figures["queries-quiet_records_per_second"])
+    return figures
+
+
 def fold_only(work, data, usage_events, index):
     out_dir, state = work / "fold-out", work / "fold-state"
     shutil.rmtree(out_dir, ignore_errors=True)
@@ -274,6 +362,8 @@ def markdown(result):
     replay_ratio = (f"{100 * medians['replay_records_per_second'] / medians['raw_consume_records_per_second']:.1f} %"
                     if medians.get("replay_records_per_second") else "n/a")
     latency = result.get("latency") or {}
+    queries_figures = result.get("queries") or {}
+    load = queries_figures.get("load") or {}
     rows = [
         ("raw produce (gpuledger produce)", value("produce_records_per_second"), "records/s", ""),
         ("raw consume (plain rdkafka, read_committed)", value("raw_consume_records_per_second"), "records/s",
@@ -289,6 +379,15 @@ def markdown(result):
          f"{latency.get('max_ms', float('nan')):.0f}", "ms",
          f"{latency.get('seen', 0):,} usage-rated of {latency.get('sent', 0):,} sent (rest dead letters or duplicates); achieved "
          f"{latency.get('rate_achieved', 0):,.0f} events/s"),
+        (f"query latency p50 / p99 (GET balances, {load.get('rate_achieved', 0):,.0f} req/s over "
+         f"{queries_figures.get('startups', 0)} start-ups, 2 instances, during catch-up)",
+         f"{load.get('p50_ms') or float('nan'):.1f} / {load.get('p99_ms') or float('nan'):.1f}", "ms",
+         f"200s only: {load.get('ok_p50_ms') or float('nan'):.1f} / {load.get('ok_p99_ms') or float('nan'):.1f} ms; "
+         f"answers {load.get('answers_by_status', {})}, {load.get('errors', 0)} failed"),
+        ("catch-up of 2 instances with HTTP, quiet / under query load",
+         f"{queries_figures.get('queries-quiet_records_per_second', 0):,.0f} / "
+         f"{queries_figures.get('queries-load_records_per_second', 0):,.0f}", "records/s",
+         f"under load / quiet = {queries_figures.get('catch_up_under_load_over_quiet', float('nan')):.3f} (one run each)"),
         ("peak RSS catch-up / replay / fold / latency run",
          f"{value('catch_up_rss_mib')} / {value('replay_rss_mib')} / {value('fold_rss_mib')} / "
          f"{latency.get('processor_rss_mib', 0):,.0f}", "MiB", ""),
@@ -318,6 +417,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="tiny run: no results file, no docs table")
     parser.add_argument("--no-peer", action="store_true", help="leave the Quix Streams peer out")
+    parser.add_argument("--only", choices=["queries"],
+                        help="measure only this part and print its JSON (no results file, no docs table)")
     parser.add_argument("--work", default=os.environ.get("BENCH_DIR", "/var/tmp/gpuledger-bench") + "/harness")
     arguments = parser.parse_args()
     events = os.environ.get("BENCH_EVENTS", "2000000")
@@ -331,6 +432,12 @@ def main():
     work.mkdir(parents=True, exist_ok=True)
     data, usage_events = workload(work, events, trace)
     log(f"workload: {usage_events:,} usage events in {data} ({ATTRIBUTION})")
+    if arguments.only == "queries":
+        query_rate = int(os.environ.get("QUERY_RATE", "1000"))
+        result = {"usage_events": usage_events, "source": source(), "machine": machine(),
+                  "queries": queries(work, data, query_rate), "attribution": ATTRIBUTION}
+        print(json.dumps(result, indent=1))
+        return
 
     python, peer_check = (None, None)
     if not arguments.no_peer:
@@ -345,6 +452,9 @@ def main():
             samples.setdefault(key, []).append(number)
     log(f"latency: {rate} events/s for {seconds} s")
     latency_result = latency(work, data, rate, seconds)
+    query_rate = int(os.environ.get("QUERY_RATE", "1000"))
+    log(f"queries: two instances with HTTP catch up, quiet and under {query_rate} balance queries/s")
+    query_result = queries(work, data, query_rate)
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H-%M-%SZ")
     result = {
         "timestamp": stamp,
@@ -357,6 +467,7 @@ def main():
         "samples": samples,
         "medians": {key: median(values) for key, values in samples.items()},
         "latency": latency_result,
+        "queries": query_result,
         "peer": {"name": "Quix Streams 3.28.1", "equality_check": peer_check,
                  "status": "left out (--no-peer)" if arguments.no_peer else "balances equal on the check workload"},
         "attribution": ATTRIBUTION,
@@ -371,6 +482,9 @@ def main():
         "replay_over_raw_consume": medians["replay_records_per_second"] / medians["raw_consume_records_per_second"],
     }
     failures = [key for key, number in medians.items() if not number or number <= 0]
+    load = query_result.get("load") or {}
+    if not load.get("answers_by_status", {}).get("200"):
+        failures.append(f"queries: no balances answered under load: {load}")
     if latency_result["unaccounted"] or latency_result["seen"] + latency_result["dead_letters"] != latency_result["distinct"]:
         failures.append(f"latency: not every usage event came out: {latency_result}")
     if failures:

@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # Python libraries no one here wrote, for the Avro interop tests
-# (tests/interop/interop.py): fastavro and confluent-kafka, pinned, in a
-# virtual environment of their own.
+# (tests/interop/interop.py): fastavro and confluent-kafka; and the
+# Prometheus project's text-format parser for the metrics tests
+# (tests/http/metrics.py); pinned, in a virtual environment of their own.
 #
 #   interop.sh python     install if missing; print the interpreter's path
 set -euo pipefail
 INTEROP_HOME=${INTEROP_HOME:-/var/tmp/gpuledger-interop}
-PACKAGES=(fastavro==1.10.0 confluent-kafka==2.6.1)
+PACKAGES=(fastavro==1.10.0 confluent-kafka==2.6.1 prometheus-client==0.26.0)
 
 python_path() {
   local python="$INTEROP_HOME/venv/bin/python"
-  if ! "$python" -c 'import fastavro, confluent_kafka' 2>/dev/null; then
+  if ! "$python" -c 'import fastavro, confluent_kafka, prometheus_client' 2>/dev/null; then
     echo "installing ${PACKAGES[*]} into $INTEROP_HOME" >&2
     mkdir -p "$INTEROP_HOME"
     python3 -m venv "$INTEROP_HOME/venv"

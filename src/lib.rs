@@ -28,6 +28,7 @@
 //! - [`audit`]: the invariants of spec §11 over an output directory;
 //! - [`whatif`]: the what-if comparison of two rate-card worlds;
 //! - [`progress_bar`]: the progress bar of long ops commands;
+//! - [`serve`]: metrics, health and the query API over HTTP;
 //! - [`workload`]: the workload generator over the Philly GPU trace.
 
 #[cfg(feature = "io")]
@@ -44,6 +45,8 @@ pub mod partitioner;
 #[cfg(feature = "io")]
 pub mod progress_bar;
 pub mod records;
+#[cfg(feature = "io")]
+pub mod serve;
 pub mod store;
 pub mod units;
 pub mod whatif;

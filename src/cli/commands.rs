@@ -135,15 +135,40 @@ pub fn run(config: &Config, exit_when_caught_up: bool) -> anyhow::Result<ExitCod
         tracing::info!("signal received; finishing the cycle");
         signal_flag.store(true, std::sync::atomic::Ordering::Relaxed);
     });
+    let service = match config.http.listen {
+        Some(_) => {
+            let metrics = gpuledger::serve::Metrics::new(input_names(config), Some(&config.state_dir));
+            let service = gpuledger::serve::Service::new(metrics, config.http.token.clone());
+            runtime.block_on(gpuledger::serve::start(&config.http, std::sync::Arc::clone(&service)))?;
+            Some(service)
+        }
+        None => None,
+    };
     let options = kafka::live::RunOptions { exit_when_caught_up };
-    let stats = kafka::live::run(config, &options, shutdown)?;
+    let stats = kafka::live::run(config, &options, shutdown, service)?;
     println!("{}", serde_json::to_string(&stats)?);
     runtime.shutdown_background();
     Ok(ExitCode::SUCCESS)
 }
 
+/// The inputs' topic names, rates, deals, metering (the metrics' labels).
+fn input_names(config: &Config) -> [String; 3] {
+    [config.topics.rates.clone(), config.topics.deals.clone(), config.topics.metering.clone()]
+}
+
 pub fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
-    let config = args.kafka.connect(None)?;
+    let config = args.kafka.connect_serving(None, args.http_listen.clone())?;
+    // Metrics and health while it runs; replay answers no queries.
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let service = match config.http.listen {
+        Some(_) => {
+            let metrics = gpuledger::serve::Metrics::new(input_names(&config), Some(&args.state_dir));
+            let service = gpuledger::serve::Service::new(metrics, None);
+            runtime.block_on(gpuledger::serve::start(&config.http, std::sync::Arc::clone(&service)))?;
+            Some(service)
+        }
+        None => None,
+    };
     let sink = match (&args.out, &args.emit_prefix) {
         (Some(dir), _) => kafka::replay::Sink::Files(dir.clone()),
         (None, Some(prefix)) => kafka::replay::Sink::Topics(prefix.clone()),
@@ -155,6 +180,7 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         partitions: args.partitions,
         sink,
         what_if_rates: args.what_if_rates,
+        service,
     };
     let summary = kafka::replay::replay(&config, &options)?;
     if let Some(comparison) = &summary.what_if {
@@ -164,6 +190,7 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         println!("what-if comparison written to {}", args.what_if_csv.display());
     }
     println!("{}", serde_json::to_string(&summary)?);
+    runtime.shutdown_background();
     Ok(ExitCode::SUCCESS)
 }
 

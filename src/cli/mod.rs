@@ -138,6 +138,9 @@ enum Command {
         /// Commit and stop once every owned input partition is at its end.
         #[arg(long)]
         exit_when_caught_up: bool,
+        /// Serve metrics, health and queries on ADDR:PORT (overrides `[http] listen`).
+        #[arg(long, value_name = "ADDR")]
+        http_listen: Option<String>,
     },
     /// Rebuild state from the input topics into a fresh state directory
     /// (own consumers, no group commits: the live processor is untouched).
@@ -203,11 +206,20 @@ impl KafkaArgs {
     /// names has answered: a wrong address, an untrusted certificate or
     /// refused credentials stop the command here, with the reason.
     pub(crate) fn connect(&self, state_dir: Option<PathBuf>) -> anyhow::Result<gpuledger::config::Config> {
+        self.connect_serving(state_dir, None)
+    }
+
+    /// [`KafkaArgs::connect`], with `--http-listen` over `[http] listen`.
+    pub(crate) fn connect_serving(
+        &self,
+        state_dir: Option<PathBuf>,
+        http_listen: Option<String>,
+    ) -> anyhow::Result<gpuledger::config::Config> {
         let environment = std::env::vars().filter(|(name, _)| name.starts_with("GPULEDGER_")).collect();
         let config = gpuledger::config::Config::load(
             self.config.as_deref(),
             &environment,
-            &gpuledger::config::Overrides { bootstrap_servers: self.bootstrap_servers.clone(), state_dir },
+            &gpuledger::config::Overrides { bootstrap_servers: self.bootstrap_servers.clone(), state_dir, http_listen },
         )?;
         gpuledger::kafka::client::check_reachable(&config)?;
         Ok(config)
@@ -240,6 +252,9 @@ pub(crate) struct ReplayArgs {
     /// Where the what-if comparison CSV goes.
     #[arg(long, default_value = "what-if.csv", requires = "what_if_rates")]
     pub(crate) what_if_csv: PathBuf,
+    /// Serve metrics and health on ADDR:PORT while replaying (overrides `[http] listen`).
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) http_listen: Option<String>,
 }
 
 /// An RFC 3339 instant.
@@ -323,8 +338,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Produce { kafka, rates, deals, metering, event_timestamps } => {
             commands::produce(&kafka.connect(None)?, [rates, deals, metering], event_timestamps)
         }
-        Command::Run { kafka, state_dir, exit_when_caught_up } => {
-            commands::run(&kafka.connect(state_dir)?, exit_when_caught_up)
+        Command::Run { kafka, state_dir, exit_when_caught_up, http_listen } => {
+            commands::run(&kafka.connect_serving(state_dir, http_listen)?, exit_when_caught_up)
         }
         Command::Replay(args) => commands::replay(args),
         Command::Reset { kafka, state_dir, to_earliest: _, to_datetime, dry_run } => {

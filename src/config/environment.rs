@@ -66,6 +66,10 @@ pub(super) fn apply_environment(raw: &mut RawConfig, environment: &BTreeMap<Stri
             }
             ["clock", "tick_interval"] => raw.clock.tick_interval = value,
             ["log", "format"] => raw.log.format = value,
+            ["http", "listen"] => raw.http.listen = value,
+            ["http", "advertised_url"] => raw.http.advertised_url = value,
+            ["http", "token"] => raw.http.token = value,
+            ["http", "token_file"] => raw.http.token_file = value.map(PathBuf::from),
             ["schemas", "ids", schema] => match text.parse() {
                 Ok(id) => {
                     raw.schemas.ids.insert((*schema).to_owned(), id);
@@ -84,6 +88,7 @@ pub(super) fn apply_environment(raw: &mut RawConfig, environment: &BTreeMap<Stri
                     "alerts" => &mut raw.topics.alerts,
                     "dead_letter" => &mut raw.topics.dead_letter,
                     "progress" => &mut raw.topics.progress,
+                    "members" => &mut raw.topics.members,
                     _ => {
                         problems.push(format!("{name}: no topic {topic:?}"));
                         continue;

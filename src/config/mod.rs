@@ -12,6 +12,7 @@
 //! librdkafka properties whose names suggest secrets are never printed.
 
 mod environment;
+mod http;
 mod raw;
 
 use std::collections::BTreeMap;
@@ -20,6 +21,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context as _};
 
 use self::environment::apply_environment;
+pub use self::http::HttpConfig;
 pub use self::raw::*;
 
 use crate::fold::{FoldConfig, EARLIEST_REPRESENTABLE_TIME, LATEST_REPRESENTABLE_TIME};
@@ -38,6 +40,8 @@ pub struct Topics {
     pub alerts: String,
     pub dead_letter: String,
     pub progress: String,
+    /// Instances' HTTP addresses and tasks, for query routing.
+    pub members: String,
 }
 
 impl Topics {
@@ -80,6 +84,8 @@ pub struct Config {
     pub inject_refold_write_failure: bool,
     pub fold: FoldConfig,
     pub tick_interval: Option<Millis>,
+    /// Metrics, health and queries over HTTP (`[http]`).
+    pub http: HttpConfig,
 }
 
 /// Flags that override the file and the environment.
@@ -87,6 +93,7 @@ pub struct Config {
 pub struct Overrides {
     pub bootstrap_servers: Option<String>,
     pub state_dir: Option<PathBuf>,
+    pub http_listen: Option<String>,
 }
 
 /// `90s`, `5m`, `72h`, `35d`, `250ms`.
@@ -177,6 +184,9 @@ impl Config {
         apply_environment(&mut raw, environment)?;
         if let Some(servers) = &overrides.bootstrap_servers {
             raw.kafka.bootstrap_servers = Some(servers.clone());
+        }
+        if let Some(listen) = &overrides.http_listen {
+            raw.http.listen = Some(listen.clone());
         }
         if let Some(dir) = &overrides.state_dir {
             raw.processor.state_dir = Some(dir.clone());
@@ -328,6 +338,7 @@ impl Config {
             alerts: topic(&raw.topics.alerts, "gpuledger.alerts"),
             dead_letter: topic(&raw.topics.dead_letter, "gpuledger.dead-letter"),
             progress: topic(&raw.topics.progress, "gpuledger.progress"),
+            members: topic(&raw.topics.members, "gpuledger.members"),
         };
         let all_topics = [
             &topics.rates,
@@ -340,6 +351,7 @@ impl Config {
             &topics.alerts,
             &topics.dead_letter,
             &topics.progress,
+            &topics.members,
         ];
         for (index, name) in all_topics.iter().enumerate() {
             let valid = !name.is_empty()
@@ -372,6 +384,7 @@ impl Config {
         for (id, schemas) in by_id.iter().filter(|(_, schemas)| schemas.len() > 1) {
             problems.push(format!("schemas.ids: id {id} is given to {}", schemas.join(" and ")));
         }
+        let http = http::validate(&raw.http, &mut problems);
         if !problems.is_empty() {
             bail!("invalid configuration:\n  - {}", problems.join("\n  - "));
         }
@@ -389,6 +402,7 @@ impl Config {
             inject_refold_write_failure: raw.processor.inject_refold_write_failure.unwrap_or(false),
             fold,
             tick_interval,
+            http,
         })
     }
 

@@ -26,6 +26,22 @@ pub struct RawConfig {
     pub schemas: RawSchemas,
     #[serde(default)]
     pub log: RawLog,
+    #[serde(default)]
+    pub http: RawHttp,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttp {
+    /// `ADDR:PORT` to serve metrics, health and queries on (off when unset;
+    /// `--http-listen` wins).
+    pub listen: Option<String>,
+    /// The URL other instances reach this one at (default: `http://` and
+    /// the listen address, with this host's name for a wildcard address).
+    pub advertised_url: Option<String>,
+    /// Bearer token required by `/v1` (off when unset); or `token_file`.
+    pub token: Option<String>,
+    pub token_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -80,6 +96,8 @@ pub struct RawTopics {
     pub alerts: Option<String>,
     pub dead_letter: Option<String>,
     pub progress: Option<String>,
+    /// Where instances announce their HTTP address and tasks (queries).
+    pub members: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]

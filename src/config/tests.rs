@@ -21,7 +21,7 @@ fn layers_apply_in_order() {
     let config = Config::load(
         Some(&file),
         &environment,
-        &Overrides { bootstrap_servers: Some("flag:9092".into()), state_dir: None },
+        &Overrides { bootstrap_servers: Some("flag:9092".into()), ..Overrides::default() },
     )
     .unwrap();
     assert_eq!(config.bootstrap_servers, "flag:9092");
@@ -154,4 +154,48 @@ fn secret_values_are_redacted_from_any_text() {
     let shown = redact(echoed);
     assert!(!shown.contains("pa55word") && !shown.contains("s3cr3t-value"), "{shown}");
     assert!(shown.contains("ssl.key.password"));
+}
+
+#[test]
+fn http_settings_layer_and_derive_the_advertised_url() {
+    let base = "[kafka]\nbootstrap_servers = \"k:9092\"\n";
+    let load = |text: &str, environment: &[(&str, &str)], listen: Option<&str>| {
+        let raw: RawConfig = toml::from_str(&format!("{base}{text}")).unwrap();
+        let mut raw = raw;
+        environment::apply_environment(&mut raw, &env(environment))?;
+        if let Some(listen) = listen {
+            raw.http.listen = Some(listen.to_owned());
+        }
+        Config::validate(raw)
+    };
+    let off = load("", &[], None).unwrap();
+    assert_eq!(off.http, HttpConfig::default(), "off unless asked");
+    let on = load("[http]\nlisten = \"127.0.0.1:8080\"\n", &[], None).unwrap();
+    let bound = "127.0.0.1:8080".parse().unwrap();
+    assert_eq!(on.http.advertised_url(bound), "http://127.0.0.1:8080");
+    let wildcard = load("", &[], Some("0.0.0.0:0")).unwrap();
+    let url = wildcard.http.advertised_url("0.0.0.0:41234".parse().unwrap());
+    assert!(url.starts_with("http://") && url.ends_with(":41234") && !url.contains("0.0.0.0"), "{url}");
+    let advertised = load(
+        "[http]\nlisten = \"0.0.0.0:8080\"\n",
+        &[("GPULEDGER_HTTP__ADVERTISED_URL", "http://pod-0.ledger:8080/"), ("GPULEDGER_HTTP__TOKEN", "s3cret-token")],
+        None,
+    )
+    .unwrap();
+    assert_eq!(advertised.http.advertised_url(bound), "http://pod-0.ledger:8080");
+    assert_eq!(advertised.http.token.as_deref(), Some("s3cret-token"));
+    assert_eq!(redact("token s3cret-token"), "token ***", "the token is a secret");
+
+    let error = load(
+        "[http]\nlisten = \"localhost\"\nadvertised_url = \"ftp://x\"\ntoken = \"a\"\ntoken_file = \"/nonexistent\"\n",
+        &[],
+        None,
+    )
+    .unwrap_err()
+    .to_string();
+    for problem in ["http.listen must be ADDRESS:PORT", "http.advertised_url must be an http:// URL", "both set"] {
+        assert!(error.contains(problem), "{problem:?} not in {error}");
+    }
+    let missing = load("[http]\ntoken_file = \"/nonexistent/token\"\n", &[], None).unwrap_err().to_string();
+    assert!(missing.contains("http.token_file /nonexistent/token"), "{missing}");
 }

@@ -1,7 +1,8 @@
 //! `gpuledger topics create`: the input topics with unlimited retention (they
 //! are the log of record: state is rebuilt from them), the outputs, and the
 //! balances topic compacted (its key is the start-up; the latest record per
-//! start-up is its balance).
+//! start-up is its balance), and the members topic where instances announce
+//! their HTTP address and tasks.
 
 use anyhow::Context as _;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -30,6 +31,9 @@ pub fn plan(config: &Config, partitions: u32) -> Vec<TopicPlan> {
         let config = if role == "balances" { vec![("cleanup.policy", "compact")] } else { Vec::new() };
         plans.push(TopicPlan { name: name.to_owned(), partitions, config });
     }
+    // Instances' HTTP addresses and tasks (query routing): tiny, latest per
+    // instance.
+    plans.push(TopicPlan { name: topics.members.clone(), partitions: 1, config: vec![("cleanup.policy", "compact")] });
     plans
 }
 

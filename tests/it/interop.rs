@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use super::kafka::{gpuledger_with, Broker};
+use super::harness::{gpuledger_with, Broker};
 
 const OUTPUTS: [(&str, &str); 6] = [
     ("usage_rated", "usage-rated"),
@@ -31,12 +31,12 @@ fn schema_of(stream: &str) -> &'static str {
     }
 }
 
-fn python() -> String {
+pub(super) fn python() -> String {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/interop.sh");
     let output = Command::new(script).arg("python").output().unwrap();
     assert!(
         output.status.success(),
-        "installing fastavro and confluent-kafka: {}",
+        "installing the interop Python packages: {}",
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8(output.stdout).unwrap().trim().to_owned()

@@ -16,7 +16,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use super::common::{lines, workload};
-use super::kafka::{assert_exported_equals_fold_with, gpuledger_output, gpuledger_with, produce_files_with, Broker};
+use super::harness::{assert_exported_equals_fold_with, gpuledger_output, gpuledger_with, produce_files_with, Broker};
 
 /// A CA, and certificates it signs.
 struct Pki {

@@ -8,6 +8,7 @@
 //! state (it is rebuilt from RocksDB and its inputs rewound); a fatal one —
 //! the broker refusing an output for good — stops the processor.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -32,12 +33,16 @@ use crate::store::{self, KvStore};
 /// retried before the transaction is aborted.
 const RETRIES: u32 = 3;
 
-/// Where one task's transaction spent its time, in milliseconds.
-#[derive(Clone, Copy, Debug, Default)]
+/// Where one task's transaction spent its time, in milliseconds, and the
+/// dead letters it published, by reason.
+#[derive(Clone, Debug, Default)]
 pub(super) struct TaskTimes {
     pub(super) offsets: u64,
     pub(super) end_transaction: u64,
     pub(super) store_write: u64,
+    pub(super) dead_letters: BTreeMap<String, u64>,
+    /// Input records whose outputs the transaction published.
+    pub(super) records: u64,
 }
 
 /// Why a task's commit failed, and so what the loop does about it.
@@ -148,6 +153,10 @@ pub(super) struct Cycle {
     ops: Vec<store::Op>,
     /// `processor.inject_abort_every`, when this cycle is to be aborted.
     inject_abort: Option<u64>,
+    /// The dead letters among the outputs, by reason (counted once committed).
+    dead_letters: BTreeMap<String, u64>,
+    /// Input records folded in the cycle.
+    records_folded: u64,
 }
 
 /// A commit cycle on its way: each task's transaction, then (once it has
@@ -212,6 +221,9 @@ impl Processor<'_> {
         let mut outcomes = Vec::new();
         for cycle in self.consumer.context().take_finished() {
             tracing::debug!(wall_millis = cycle.wall_millis, tasks = cycle.tasks.len(), "commit cycle settled");
+            if let Some(service) = &self.service {
+                service.metrics.observe_cycle(cycle.wall_millis);
+            }
             self.stats.cycles += 1;
             self.stats.cycle_millis += cycle.wall_millis;
             outcomes.extend(cycle.tasks);
@@ -224,6 +236,10 @@ impl Processor<'_> {
                     self.stats.offsets_millis += times.offsets;
                     self.stats.end_transaction_millis += times.end_transaction;
                     self.stats.store_write_millis += times.store_write;
+                    self.stats.records_committed += times.records;
+                    for (reason, count) in times.dead_letters {
+                        *self.stats.dead_letters.entry(reason).or_default() += count;
+                    }
                 }
                 Err(CommitError::Fatal(error)) => {
                     self.stats.transactions_aborted += 1;
@@ -254,7 +270,11 @@ impl Processor<'_> {
         let outputs = std::mem::take(&mut runner.pending);
         let encoded = std::mem::take(&mut runner.pending_json);
         debug_assert_eq!(outputs.len(), encoded.len());
+        let mut dead_letters: BTreeMap<String, u64> = BTreeMap::new();
         for (output, json) in outputs.iter().zip(encoded) {
+            if let Output::DeadLetter(letter) = output {
+                *dead_letters.entry(letter.reason.clone()).or_default() += 1;
+            }
             let value = match self.config.output_format {
                 OutputFormat::Json => json,
                 OutputFormat::Avro => output.to_avro_framed(&self.encoder, Framing::SingleObject)?,
@@ -308,11 +328,21 @@ impl Processor<'_> {
             .collect::<Vec<_>>()
             .join(", ");
         runner.segments.clear();
-        runner.folded_since_commit = 0;
+        let records_folded = std::mem::take(&mut runner.folded_since_commit);
         self.transactions_begun += 1;
         let every = self.config.inject_abort_every;
         let inject_abort = (every > 0 && self.transactions_begun.is_multiple_of(every)).then_some(every);
-        Ok(Cycle { partition, producer: Arc::clone(&runner.producer), records, consumed, ops, inject_abort, inputs })
+        Ok(Cycle {
+            partition,
+            producer: Arc::clone(&runner.producer),
+            records,
+            consumed,
+            ops,
+            inject_abort,
+            inputs,
+            dead_letters,
+            records_folded,
+        })
     }
 }
 
@@ -341,6 +371,8 @@ fn commit_cycles(
                         .write(cycle.ops)
                         .map_err(|error| CommitError::abortable(error, "writing the committed state to RocksDB"))?;
                     times.store_write = writing.elapsed().as_millis() as u64;
+                    times.dead_letters = cycle.dead_letters;
+                    times.records = cycle.records_folded;
                     Ok(times)
                 });
                 (partition, handle)

@@ -64,7 +64,27 @@ use crate::kafka::client::{self, close_in_background, to_input, METADATA_TIMEOUT
 use crate::kafka::cluster::{check_copartitioned, keyed_offsets};
 use crate::kafka::topics::{input_names, input_of, name_of};
 use crate::records::avro::OutputEncoder;
+use crate::serve::routing::{self, Announcer, Directory};
+use crate::serve::{QueryState, Service, Tasks};
 use crate::store::rocks::RocksStore;
+
+/// How often the loop tells the HTTP endpoints where it stands.
+const PUBLISH_EVERY: Duration = Duration::from_millis(250);
+
+/// The members topic must exist before instances can announce themselves.
+fn check_members_topic(config: &Config, metadata: &BaseConsumer) -> crate::Result<()> {
+    let topic = &config.topics.members;
+    let found = metadata
+        .fetch_metadata(Some(topic), METADATA_TIMEOUT)
+        .with_context(|| format!("reading the metadata of {topic}"))?;
+    let exists = found.topics().iter().any(|entry| entry.error().is_none() && !entry.partitions().is_empty());
+    anyhow::ensure!(
+        exists,
+        "topic {topic} (topics.members) does not exist; HTTP queries route through it: \
+         run `gpuledger topics create` (it creates only what is missing)"
+    );
+    Ok(())
+}
 
 #[derive(Clone, Debug, Default)]
 pub struct RunOptions {
@@ -76,6 +96,15 @@ pub struct RunOptions {
 pub struct RunStats {
     /// Records folded with their outputs published.
     pub records_folded: u64,
+    /// Of those, per input: rates, deals, metering.
+    pub records_folded_by_topic: [u64; 3],
+    /// Records whose outputs a committed transaction published.
+    pub records_committed: u64,
+    /// Dead letters published in committed transactions, by reason.
+    pub dead_letters: BTreeMap<String, u64>,
+    /// Tasks rebuilt from their committed state (an aborted transaction or
+    /// a record that failed inside the fold).
+    pub task_rebuilds: u64,
     /// Records re-folded with outputs suppressed (recovery).
     pub records_refolded: u64,
     pub transactions_committed: u64,
@@ -121,6 +150,12 @@ struct Processor<'a> {
     /// Records that failed inside the fold, per task: a rebuilt task folds
     /// them as `internal_error` dead letters.
     poisoned: BTreeMap<u32, Vec<Poisoned>>,
+    /// Metrics, health and queries over HTTP, when on.
+    service: Option<Arc<Service>>,
+    /// Announces this instance's tasks for query routing (HTTP on).
+    announcer: Option<Announcer>,
+    /// The group has assigned partitions at least once.
+    joined: bool,
 }
 
 impl Processor<'_> {
@@ -151,6 +186,7 @@ impl Processor<'_> {
                     }
                 }
                 GroupEvent::Assigned(assigned) => {
+                    self.joined = true;
                     for entry in assigned {
                         let runner = TaskRunner::start(self.config, &self.store, &entry, &self.poisoned)?;
                         self.stats.partitions_assigned += 1;
@@ -277,9 +313,45 @@ impl Processor<'_> {
         Ok(Ok(runner.driver.counts().taken - taken_before))
     }
 
+    /// Tells the HTTP endpoints where the loop stands: the run's counts,
+    /// the tasks and whether they are restoring, each input's lag; and
+    /// announces the tasks for query routing.
+    fn report(&mut self) -> crate::Result<()> {
+        let Some(service) = &self.service else { return Ok(()) };
+        service.metrics.publish(&self.stats);
+        let tasks = Tasks {
+            joined: self.joined,
+            assigned: self.runners.keys().copied().collect(),
+            refolding: self.runners.iter().filter(|(_, runner)| runner.refolding()).map(|(task, _)| *task).collect(),
+        };
+        let mut lag = BTreeMap::new();
+        for (&partition, runner) in &self.runners {
+            let position = runner.task.state().offsets;
+            for topic in [Topic::Deals, Topic::Metering] {
+                let name = name_of(&self.config.topics, topic);
+                if let Some(end) = client::cached_end_offset(&self.consumer, name, partition) {
+                    lag.insert((name.to_owned(), partition), (end - position[topic]).max(0));
+                }
+            }
+            if let Some(end) = client::cached_end_offset(&runner.rates, &self.config.topics.rates, 0) {
+                let rates = (self.config.topics.rates.clone(), 0);
+                let behind = (end - position[Topic::Rates]).max(0);
+                // Every task reads the rates: the slowest one's lag.
+                lag.entry(rates).and_modify(|lag: &mut i64| *lag = (*lag).max(behind)).or_insert(behind);
+            }
+        }
+        service.metrics.set_tasks(tasks.assigned.len(), &lag);
+        if let Some(announcer) = &mut self.announcer {
+            announcer.announce(&tasks.assigned)?;
+        }
+        service.health.set_tasks(tasks);
+        Ok(())
+    }
+
     /// Drops a task's uncommitted state: reload it and rewind its inputs.
     fn rebuild(&mut self, partition: u32) -> crate::Result<()> {
         let Some(old) = self.runners.remove(&partition) else { return Ok(()) };
+        self.stats.task_rebuilds += 1;
         old.close();
         let mut list = TopicPartitionList::new();
         list.add_partition(&self.config.topics.deals, partition as i32);
@@ -298,12 +370,31 @@ impl Processor<'_> {
     }
 }
 
-pub fn run(config: &Config, options: &RunOptions, shutdown: Arc<AtomicBool>) -> crate::Result<RunStats> {
+/// Runs the processor until `shutdown` is set (or, with
+/// `exit_when_caught_up`, every owned partition is at its end); with a
+/// `service`, feeds its metrics and health and serves queries.
+pub fn run(
+    config: &Config,
+    options: &RunOptions,
+    shutdown: Arc<AtomicBool>,
+    service: Option<Arc<Service>>,
+) -> crate::Result<RunStats> {
     tracing::info!(config = %config.describe(), "starting");
     let metadata = client::metadata_consumer(config)?;
     let partitions = check_copartitioned(config, &metadata)?;
-    close_in_background(metadata);
     let store = Arc::new(Mutex::new(RocksStore::open(&config.state_dir)?));
+    let mut follower = None;
+    let mut announcer = None;
+    if let Some((service, url)) = service.as_ref().and_then(|service| Some((service, service.advertised_url()?))) {
+        check_members_topic(config, &metadata)?;
+        let directory = Arc::new(Directory::default());
+        follower = Some(routing::follow(config, Arc::clone(&directory))?);
+        let names = input_names(&config.topics);
+        service.serve_queries(QueryState::new(&store, partitions, names, url.clone(), directory));
+        announcer = Some(Announcer::new(config, &url)?);
+        tracing::info!(advertised_url = %url, "answering queries; announcing tasks on {}", config.topics.members);
+    }
+    close_in_background(metadata);
     let context = GroupContext::new(Arc::clone(&store), config.topics.clone());
     let consumer = client::group_consumer(config, context)?;
     consumer.subscribe(&[&config.topics.deals, &config.topics.metering]).context("subscribing")?;
@@ -321,12 +412,23 @@ pub fn run(config: &Config, options: &RunOptions, shutdown: Arc<AtomicBool>) -> 
         transactions_begun: 0,
         destinations: Destinations::new(&config.topics),
         poisoned: BTreeMap::new(),
+        service,
+        announcer,
+        joined: false,
     };
     tracing::info!(partitions, group = %config.group_id, "joined; waiting for partitions");
     let commit_interval = Duration::from_millis(config.commit_interval as u64);
     let mut last_cycle = Instant::now();
     let mut last_report = Instant::now();
+    let mut last_published = Instant::now();
     loop {
+        if let Some(service) = &processor.service {
+            service.health.beat();
+        }
+        if last_published.elapsed() >= PUBLISH_EVERY {
+            last_published = Instant::now();
+            processor.report()?;
+        }
         // Every poll of the group consumer goes through poll_inputs, which
         // routes each record it returns (a poll here would swallow one).
         processor.handle_group_events()?;
@@ -365,6 +467,14 @@ pub fn run(config: &Config, options: &RunOptions, shutdown: Arc<AtomicBool>) -> 
         }
     }
     let stats = processor.stats.clone();
+    if let Some(service) = &processor.service {
+        service.metrics.publish(&stats);
+        service.health.set_tasks(Tasks::default());
+    }
+    if let Some(announcer) = processor.announcer.take() {
+        announcer.leave();
+    }
+    drop(follower);
     if let Some(ticker) = processor.ticker.take() {
         ticker.close();
     }

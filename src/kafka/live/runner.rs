@@ -257,6 +257,7 @@ impl Sink for LiveSink<'_> {
     ) -> crate::Result<()> {
         Segment::extend(self.segments, record.topic, record.offset);
         if !self.refolding {
+            self.stats.records_folded_by_topic[record.topic.index()] += 1;
             self.pending.append(outputs);
             self.pending_json.append(encoded);
         }

@@ -24,7 +24,7 @@ mod what_if;
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::bail;
@@ -41,8 +41,10 @@ use crate::events::avro::SchemaRegistry;
 use crate::events::{Decoded, InputRecord, Topic};
 use crate::fold::state::{KeyedOffsets, Offsets, TaskState};
 use crate::fold::Task;
+use crate::kafka::live::RunStats;
 use crate::progress_bar::ProgressBar;
 use crate::records::Balances;
+use crate::serve::{Service, Tasks};
 use crate::store::rocks::RocksStore;
 use crate::store::{self, KvStore};
 use crate::units::Millis;
@@ -72,6 +74,28 @@ pub struct ReplayOptions {
     pub sink: Sink,
     /// Alternative rate cards (JSONL, as the rates topic carries them).
     pub what_if_rates: Option<PathBuf>,
+    /// Metrics and health over HTTP while the replay runs.
+    pub service: Option<Arc<Service>>,
+}
+
+/// The replay's counts as the metrics show them while it runs.
+pub(super) struct Observed {
+    service: Option<Arc<Service>>,
+    stats: Mutex<RunStats>,
+}
+
+impl Observed {
+    /// Records folded since the last report, per input.
+    pub(super) fn folded(&self, by_topic: [u64; 3]) {
+        let Some(service) = &self.service else { return };
+        let mut stats = self.stats.lock().expect("stats lock");
+        for (total, more) in stats.records_folded_by_topic.iter_mut().zip(by_topic) {
+            *total += more;
+        }
+        stats.records_folded = stats.records_folded_by_topic.iter().sum();
+        service.metrics.publish(&stats);
+        service.health.beat();
+    }
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -132,7 +156,12 @@ pub fn replay(config: &Config, options: &ReplayOptions) -> crate::Result<ReplayS
         state_dir = %options.state_dir.display(),
         "replay starting"
     );
+    if let Some(service) = &options.service {
+        service.health.beat();
+        service.health.set_tasks(Tasks { joined: true, assigned: tasks.iter().copied().collect(), ..Tasks::default() });
+    }
     let shared = Shared {
+        observed: Observed { service: options.service.clone(), stats: Mutex::new(RunStats::default()) },
         config,
         options,
         store: Mutex::new(store),
@@ -198,6 +227,7 @@ struct Shared<'a> {
     queue: Mutex<VecDeque<u32>>,
     committed: std::collections::BTreeMap<u32, KeyedOffsets>,
     what_if_rates: Option<Vec<(InputRecord, Decoded)>>,
+    observed: Observed,
 }
 
 /// One task's counts (and what-if rows: start-ups belong to one task, so
@@ -289,8 +319,10 @@ impl Shared<'_> {
             outputs: 0,
             since_commit: 0,
             read_since_report: 0,
+            folded_since_report: [0; 3],
             store: &self.store,
             progress: &self.progress,
+            observed: &self.observed,
         };
         let mut persisted = match self.what_if_rates.clone() {
             None => {
@@ -331,8 +363,9 @@ impl Shared<'_> {
                 what_if.task
             }
         };
-        let ReplaySink { output, outputs, read_since_report, .. } = sink;
+        let ReplaySink { output, outputs, read_since_report, folded_since_report, .. } = sink;
         self.progress.lock().expect("progress lock").advance(read_since_report);
+        self.observed.folded(folded_since_report);
         persist(&self.store, &mut persisted)?;
         output.finish()?;
         let names = super::topics::input_names(topics);

@@ -189,8 +189,11 @@ pub(super) struct ReplaySink<'a> {
     pub(super) outputs: u64,
     pub(super) since_commit: u64,
     pub(super) read_since_report: u64,
+    /// Records folded per input since the last report (rates, deals, metering).
+    pub(super) folded_since_report: [u64; 3],
     pub(super) store: &'a Mutex<RocksStore>,
     pub(super) progress: &'a Mutex<ProgressBar>,
+    pub(super) observed: &'a super::Observed,
 }
 
 impl ReplaySink<'_> {
@@ -199,6 +202,7 @@ impl ReplaySink<'_> {
         if self.read_since_report >= 4096 {
             self.progress.lock().expect("progress lock").advance(self.read_since_report);
             self.read_since_report = 0;
+            self.observed.folded(std::mem::take(&mut self.folded_since_report));
         }
     }
 }
@@ -207,10 +211,11 @@ impl OutputSink for ReplaySink<'_> {
     fn write(
         &mut self,
         _: &mut Task,
-        _: &InputRecord,
+        record: &InputRecord,
         outputs: &mut Vec<Output>,
         encoded: &mut Vec<Vec<u8>>,
     ) -> crate::Result<()> {
+        self.folded_since_report[record.topic.index()] += 1;
         self.read();
         self.outputs += outputs.len() as u64;
         if self.to_skip > 0 {
