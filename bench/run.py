@@ -240,13 +240,28 @@ def scrape(url):
             if line and not line.startswith("#")}
 
 
+def deal_subjects(path):
+    """The start-ups of a deals file: its events' CloudEvents subjects (the
+    workload's deliberately bad lines are skipped)."""
+    subjects = set()
+    for line in open(path):
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(event, dict) and isinstance(event.get("subject"), str):
+            subjects.add(event["subject"])
+    return sorted(subjects)
+
+
 def queries(work, data, rate):
     """Two instances with HTTP catch up from offset 0 on a fresh broker, once
     without and once with RATE balance queries per second spread over every
     start-up and both instances (examples/query_load.rs, open loop); the
     catch-up rate of each, and the queries' latency."""
-    startups = sorted({json.loads(line)["startup"] for line in open(data / "deals.jsonl")
-                       if '"startup"' in line})
+    startups = deal_subjects(data / "deals.jsonl")
+    if not startups:
+        raise SystemExit(f"bench: no start-ups in {data / 'deals.jsonl'}")
     startups_file = work / "startups.txt"
     startups_file.write_text("\n".join(startups) + "\n")
     lines = {name: sum(1 for _ in open(data / f"{name}.jsonl")) for name in ("rates", "deals", "metering")}
@@ -277,7 +292,8 @@ def queries(work, data, rate):
             if loaded:
                 load_out = open(work / f"{name}-load.out", "wb")
                 load = subprocess.Popen([str(EXAMPLES / "query_load"), ",".join(urls), str(startups_file), str(rate),
-                                         "7200", str(stop)], stdout=load_out, stderr=subprocess.DEVNULL)
+                                         "7200", str(stop)], stdout=load_out,
+                                        stderr=open(work / f"{name}-load.err", "wb"))
             deadline = started + 3600
             committed = 0
             while committed < expected:
@@ -295,7 +311,8 @@ def queries(work, data, rate):
             seconds = time.monotonic() - started
             stop.touch()
             if load:
-                load.wait()
+                if load.wait() != 0:
+                    raise SystemExit(f"bench: the query load failed; see {work / (name + '-load.err')}")
                 load_out.close()
                 figures["load"] = last_json((work / f"{name}-load.out").read_text())
             for process in processes:
