@@ -67,7 +67,9 @@ fn replay_rebuilds_the_live_state_and_answers_as_of_and_what_if_questions() {
 
     // A full replay reproduces the live state, digest for digest, and the outputs.
     let (replayed, out) = (dir.join("replay"), dir.join("replay-out"));
-    let output = gpuledger(&broker, &["replay", "--state-dir", path(&replayed), "--out", path(&out)]);
+    // With metrics and health served while it runs (the figures must not change).
+    let args = ["replay", "--state-dir", path(&replayed), "--out", path(&out), "--http-listen", "127.0.0.1:0"];
+    let output = gpuledger(&broker, &args);
     let summary: Value = serde_json::from_slice(output.stdout.split(|b| *b == b'\n').rev().nth(1).unwrap()).unwrap();
     assert!(summary["records_in_recorded_order"].as_u64().unwrap() > 1_000, "{summary}");
     let (code, text) = verify(&live, &replayed);

@@ -414,3 +414,25 @@ pub(super) fn persist(store: &Mutex<RocksStore>, task: &mut Task) -> crate::Resu
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_replay_publishes_what_it_folded_to_the_metrics() {
+        let names = ["r".to_owned(), "d".to_owned(), "m".to_owned()];
+        let service = Service::new(crate::serve::Metrics::new(names, None), None);
+        let observed = Observed { service: Some(Arc::clone(&service)), stats: Mutex::new(RunStats::default()) };
+        observed.folded([1, 2, 300]);
+        observed.folded([0, 0, 45]);
+        let text = service.metrics.render();
+        for line in [
+            "gpuledger_records_folded_total{topic=\"r\"} 1",
+            "gpuledger_records_folded_total{topic=\"d\"} 2",
+            "gpuledger_records_folded_total{topic=\"m\"} 345",
+        ] {
+            assert!(text.lines().any(|candidate| candidate == line), "no {line:?} in\n{text}");
+        }
+    }
+}
