@@ -12,6 +12,11 @@
 #                              certificate it signed (mTLS). Tansu's own --cert
 #                              did not complete a handshake with librdkafka
 #                              (docs/kafka.md), so TLS ends in front of it.
+#                              With BROKER_AUTHENTICATION=1 (start, start-tls)
+#                              the broker requires SASL (SCRAM): it knows no
+#                              user (Tansu's memory storage cannot keep one, see
+#                              docs/kafka.md), so every login is refused — the
+#                              refusal tests' broker.
 #   broker.sh stop DIR         stop the broker (and terminator) started in DIR
 #   broker.sh path             print the broker binary's path
 set -euo pipefail
@@ -57,7 +62,7 @@ wait_listening() {
 run_broker() {
   local dir=$1 port=$2 advertised=$3
   "$(binary)" broker --listener-url "tcp://127.0.0.1:$port" --advertised-listener-url "tcp://$advertised" \
-    --storage-engine memory://tansu/ >"$dir/broker.log" 2>&1 &
+    --storage-engine memory://tansu/ ${BROKER_AUTHENTICATION:+--authentication} >"$dir/broker.log" 2>&1 &
   echo $! >"$dir/pid"
   echo "$port" >"$dir/port"
   wait_listening "$port" "$dir/pid" "$dir/broker.log"

@@ -28,8 +28,14 @@ impl Broker {
     /// The broker behind a TLS terminator with `cert` and `key`; with
     /// `client_ca`, clients must present a certificate it signed.
     pub(super) fn start_tls(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Broker {
+        Broker::start_tls_with(cert, key, client_ca, false)
+    }
+
+    /// [`Broker::start_tls`], the broker requiring SASL when `authentication`.
+    pub(super) fn start_tls_with(cert: &Path, key: &Path, client_ca: Option<&Path>, authentication: bool) -> Broker {
         let dir = tempfile::tempdir().unwrap();
         let output = Command::new(script())
+            .env("BROKER_AUTHENTICATION", if authentication { "1" } else { "" })
             .arg("start-tls")
             .arg(dir.path())
             .arg(cert)
