@@ -8,7 +8,7 @@
 //! answers 503 with `Retry-After`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::{Path, State};
@@ -22,7 +22,7 @@ use super::routing::{now_millis, Directory};
 use super::{error_answer, json_answer, Service};
 use crate::fold::TopicNames;
 use crate::partitioner::partition_for_key;
-use crate::store::rocks::RocksStore;
+use crate::store::rocks::{RocksStore, SnapshotReader};
 use crate::store::{reads, KvStore};
 use crate::units::Month;
 
@@ -36,9 +36,10 @@ const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 /// What the query API reads: the processor's store and where the other
 /// tasks are.
 pub struct QueryState {
-    /// Weak: the processor owns the store and closes it when it stops
-    /// (RocksDB must be closed before the process exits).
-    store: Weak<Mutex<RocksStore>>,
+    /// Snapshots of the processor's store, read without its lock (a query
+    /// never waits for a commit's write); it does not keep RocksDB open
+    /// (it must be closed before the process exits).
+    store: SnapshotReader,
     partitions: u32,
     names: TopicNames,
     self_url: String,
@@ -53,7 +54,8 @@ impl QueryState {
         self_url: String,
         directory: Arc<Directory>,
     ) -> QueryState {
-        QueryState { store: Arc::downgrade(store), partitions, names, self_url, directory }
+        let store = store.lock().expect("store lock").snapshot_reader();
+        QueryState { store, partitions, names, self_url, directory }
     }
 }
 
@@ -165,13 +167,13 @@ async fn startups(State(service): State<Arc<Service>>, headers: HeaderMap, uri: 
         let tasks = serving.clone();
         tokio::task::spawn_blocking(move || -> crate::Result<Vec<(String, u32)>> {
             let query = service.query.get().expect("serving queries");
-            let store = query.store.upgrade().ok_or_else(|| anyhow::anyhow!("the processor is stopping"))?;
-            let store = store.lock().expect("store lock");
-            let mut entries = Vec::new();
-            for task in tasks {
-                entries.extend(reads::startups_in(&*store, task)?.into_iter().map(|startup| (startup, task)));
-            }
-            Ok(entries)
+            query.store.read(|store| {
+                let mut entries = Vec::new();
+                for task in tasks {
+                    entries.extend(reads::startups_in(store, task)?.into_iter().map(|startup| (startup, task)));
+                }
+                Ok(entries)
+            })
         })
         .await
     };
@@ -238,9 +240,7 @@ where
             let reader = Arc::clone(&service);
             let read = tokio::task::spawn_blocking(move || {
                 let query = reader.query.get().expect("serving queries");
-                let store = query.store.upgrade().ok_or_else(|| anyhow::anyhow!("the processor is stopping"))?;
-                let store = store.lock().expect("store lock");
-                read(query, &*store, task, &startup)
+                query.store.read(|store| read(query, store, task, &startup))
             })
             .await;
             let mut response = match read {

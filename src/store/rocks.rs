@@ -5,6 +5,7 @@
 //! thread, never from an async executor thread.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Weak};
 
 use anyhow::{bail, Context as _};
 use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, Options, WriteBatch, WriteOptions, DB};
@@ -20,7 +21,9 @@ const BLOCK_CACHE_BYTES: usize = 64 << 20;
 const WRITE_BUFFER_BYTES: usize = 32 << 20;
 
 pub struct RocksStore {
-    db: DB,
+    /// Shared only (weakly) with [`SnapshotReader`]s; the store closes the
+    /// database when it is dropped.
+    db: Arc<DB>,
     path: PathBuf,
 }
 
@@ -56,7 +59,7 @@ impl RocksStore {
             }
             Err(error) => return Err(error).with_context(|| format!("opening state directory {}", path.display())),
         };
-        Ok(RocksStore { db, path: path.to_owned() })
+        Ok(RocksStore { db: Arc::new(db), path: path.to_owned() })
     }
 
     /// Opens a state directory read-only, as it is at this moment. It takes
@@ -70,7 +73,14 @@ impl RocksStore {
         let names = DB::list_cf(&options, path).with_context(|| format!("reading {}", path.display()))?;
         let db = DB::open_cf_for_read_only(&options, path, names, false)
             .with_context(|| format!("opening state directory {} read-only", path.display()))?;
-        Ok(RocksStore { db, path: path.to_owned() })
+        Ok(RocksStore { db: Arc::new(db), path: path.to_owned() })
+    }
+
+    /// A reader of consistent snapshots that needs no lock on the store, so
+    /// a read never waits for a commit's write (queries); it does not keep
+    /// the database open.
+    pub fn snapshot_reader(&self) -> SnapshotReader {
+        SnapshotReader { db: Arc::downgrade(&self.db), path: self.path.clone() }
     }
 
     pub fn path(&self) -> &Path {
@@ -116,5 +126,60 @@ impl KvStore for RocksStore {
         // no fsync per commit: after a machine crash the state is rebuilt
         // from the input logs (batch mode) or the committed offsets (live).
         self.db.write_opt(batch, &WriteOptions::default()).context("writing a commit to RocksDB")
+    }
+}
+
+/// Reads a [`RocksStore`] through snapshots (see [`RocksStore::snapshot_reader`]).
+#[derive(Clone, Debug)]
+pub struct SnapshotReader {
+    db: Weak<DB>,
+    path: PathBuf,
+}
+
+impl SnapshotReader {
+    /// Runs `read` over one snapshot: every read in it sees the same
+    /// commits. Fails once the store is closed.
+    pub fn read<T>(&self, read: impl FnOnce(&dyn KvStore) -> crate::Result<T>) -> crate::Result<T> {
+        let db = self.db.upgrade().with_context(|| format!("the state directory {} is closed", self.path.display()))?;
+        let snapshot = db.snapshot();
+        read(&SnapshotView { db: &db, snapshot: &snapshot, path: &self.path })
+    }
+}
+
+/// One snapshot, as a read-only [`KvStore`].
+struct SnapshotView<'a> {
+    db: &'a DB,
+    snapshot: &'a rocksdb::Snapshot<'a>,
+    path: &'a Path,
+}
+
+impl SnapshotView<'_> {
+    fn handle(&self, column: Column) -> crate::Result<&rocksdb::ColumnFamily> {
+        self.db
+            .cf_handle(column.name())
+            .with_context(|| format!("column family {} missing in {}", column.name(), self.path.display()))
+    }
+}
+
+impl KvStore for SnapshotView<'_> {
+    fn get(&self, column: Column, key: &[u8]) -> crate::Result<Option<Vec<u8>>> {
+        Ok(self.snapshot.get_cf(self.handle(column)?, key)?)
+    }
+
+    fn scan_prefix(&self, column: Column, prefix: &[u8]) -> crate::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut entries = Vec::new();
+        let mode = rocksdb::IteratorMode::From(prefix, rocksdb::Direction::Forward);
+        for item in self.snapshot.iterator_cf(self.handle(column)?, mode) {
+            let (key, value) = item?;
+            if !key.starts_with(prefix) {
+                break;
+            }
+            entries.push((key.into_vec(), value.into_vec()));
+        }
+        Ok(entries)
+    }
+
+    fn write(&mut self, _: Vec<Op>) -> crate::Result<()> {
+        bail!("a snapshot of {} is read-only", self.path.display())
     }
 }

@@ -56,7 +56,29 @@ fn rocksdb_and_memory_stores_hold_the_same_state_as_the_fold() {
     assert_eq!(&load_task(&rocks, 0).unwrap(), task.state());
     // Another partition's range is untouched.
     assert_eq!(load_task(&rocks, 1).unwrap(), TaskState { partition: 1, ..TaskState::default() });
+    // A snapshot reader (queries) reads the same state without the store's
+    // lock, keeps seeing its snapshot while later commits land, and fails
+    // once the store is closed instead of keeping RocksDB open.
+    let reader = rocks.snapshot_reader();
+    assert_eq!(&reader.read(|view| load_task(view, 0)).unwrap(), task.state());
+    let seen_during_a_commit = reader
+        .read(|view| {
+            let before = load_task(view, 0)?;
+            rocks.write(vec![gpuledger::store::Op {
+                column: gpuledger::store::columns::Column::Meta,
+                key: gpuledger::store::columns::task_meta_key(0),
+                value: Some(b"{}".to_vec()),
+            }])?;
+            Ok((before, load_task(view, 0)?))
+        })
+        .unwrap();
+    assert_eq!(seen_during_a_commit.0, seen_during_a_commit.1, "one snapshot, one commit");
+    rocks
+        .write(commit_ops(task.state(), &gpuledger::fold::state::Changes { task_meta: true, ..Default::default() }))
+        .unwrap();
     drop(rocks);
+    let closed = reader.read(|view| load_task(view, 0)).unwrap_err().to_string();
+    assert!(closed.contains("is closed"), "{closed}");
     let reopened = RocksStore::open(&dir.path().join("state")).unwrap();
     assert_eq!(&load_task(&reopened, 0).unwrap(), task.state(), "state survives a reopen");
 }
