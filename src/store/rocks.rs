@@ -88,10 +88,31 @@ impl RocksStore {
     }
 
     fn handle(&self, column: Column) -> crate::Result<&rocksdb::ColumnFamily> {
-        self.db
-            .cf_handle(column.name())
-            .with_context(|| format!("column family {} missing in {}", column.name(), self.path.display()))
+        handle(&self.db, &self.path, column)
     }
+}
+
+fn handle<'a>(db: &'a DB, path: &Path, column: Column) -> crate::Result<&'a rocksdb::ColumnFamily> {
+    db.cf_handle(column.name())
+        .with_context(|| format!("column family {} missing in {}", column.name(), path.display()))
+}
+
+/// Iterates forward from `prefix`.
+fn from(prefix: &[u8]) -> rocksdb::IteratorMode<'_> {
+    rocksdb::IteratorMode::From(prefix, rocksdb::Direction::Forward)
+}
+
+/// The entries of `iterator` (started at `prefix`) whose keys start with it.
+fn take_prefix(iterator: rocksdb::DBIterator<'_>, prefix: &[u8]) -> crate::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let mut entries = Vec::new();
+    for item in iterator {
+        let (key, value) = item?;
+        if !key.starts_with(prefix) {
+            break;
+        }
+        entries.push((key.into_vec(), value.into_vec()));
+    }
+    Ok(entries)
 }
 
 impl KvStore for RocksStore {
@@ -100,17 +121,7 @@ impl KvStore for RocksStore {
     }
 
     fn scan_prefix(&self, column: Column, prefix: &[u8]) -> crate::Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let mut entries = Vec::new();
-        let iterator =
-            self.db.iterator_cf(self.handle(column)?, rocksdb::IteratorMode::From(prefix, rocksdb::Direction::Forward));
-        for item in iterator {
-            let (key, value) = item?;
-            if !key.starts_with(prefix) {
-                break;
-            }
-            entries.push((key.into_vec(), value.into_vec()));
-        }
-        Ok(entries)
+        take_prefix(self.db.iterator_cf(self.handle(column)?, from(prefix)), prefix)
     }
 
     fn write(&mut self, ops: Vec<Op>) -> crate::Result<()> {
@@ -155,9 +166,7 @@ struct SnapshotView<'a> {
 
 impl SnapshotView<'_> {
     fn handle(&self, column: Column) -> crate::Result<&rocksdb::ColumnFamily> {
-        self.db
-            .cf_handle(column.name())
-            .with_context(|| format!("column family {} missing in {}", column.name(), self.path.display()))
+        handle(self.db, self.path, column)
     }
 }
 
@@ -167,16 +176,7 @@ impl KvStore for SnapshotView<'_> {
     }
 
     fn scan_prefix(&self, column: Column, prefix: &[u8]) -> crate::Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let mut entries = Vec::new();
-        let mode = rocksdb::IteratorMode::From(prefix, rocksdb::Direction::Forward);
-        for item in self.snapshot.iterator_cf(self.handle(column)?, mode) {
-            let (key, value) = item?;
-            if !key.starts_with(prefix) {
-                break;
-            }
-            entries.push((key.into_vec(), value.into_vec()));
-        }
-        Ok(entries)
+        take_prefix(self.snapshot.iterator_cf(self.handle(column)?, from(prefix)), prefix)
     }
 
     fn write(&mut self, _: Vec<Op>) -> crate::Result<()> {
