@@ -68,6 +68,7 @@ pub(super) fn routes() -> Router<Arc<Service>> {
 }
 
 /// Where a start-up's task is answered.
+#[derive(Debug, PartialEq, Eq)]
 enum Owner {
     Here(u32),
     There(String),
@@ -264,7 +265,13 @@ where
 
 fn owner(service: &Service, query: &QueryState, startup: &str, forwarded: bool) -> Owner {
     let task = partition_for_key(startup.as_bytes(), query.partitions);
-    let tasks = service.health.tasks();
+    locate(task, &service.health.tasks(), forwarded, &query.directory, &query.self_url, now_millis())
+}
+
+/// Who answers for `task`: here when this instance owns it and has
+/// restored it; elsewhere when a fresh announcement names another owner and
+/// the request was not forwarded already; else nobody now (503).
+fn locate(task: u32, tasks: &super::Tasks, forwarded: bool, directory: &Directory, self_url: &str, now: i64) -> Owner {
     if tasks.serving().any(|serving| serving == task) {
         return Owner::Here(task);
     }
@@ -274,8 +281,8 @@ fn owner(service: &Service, query: &QueryState, startup: &str, forwarded: bool) 
     if forwarded {
         return Owner::Unknown(format!("task {task} is not here any more (rebalancing)"));
     }
-    match query.directory.owner(task, now_millis()) {
-        Some(url) if url != query.self_url => Owner::There(url),
+    match directory.owner(task, now) {
+        Some(url) if url != self_url => Owner::There(url),
         _ => Owner::Unknown(format!("task {task} has no owner right now (rebalancing)")),
     }
 }
@@ -349,6 +356,34 @@ fn internal(error: &anyhow::Error) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_task_is_answered_here_by_its_owner_or_not_at_all() {
+        use super::super::routing::Announcement;
+        use super::super::Tasks;
+        let directory = Directory::default();
+        let here = "http://a:8080";
+        let mut tasks = Tasks { joined: true, assigned: [0, 1].into(), refolding: [1].into() };
+        directory.absorb(0, Announcement { url: here.into(), tasks: vec![0, 1], at: 1_000 });
+        directory.absorb(1, Announcement { url: "http://b:8080".into(), tasks: vec![2], at: 1_000 });
+        assert_eq!(locate(0, &tasks, false, &directory, here, 1_500), Owner::Here(0));
+        assert!(
+            matches!(locate(1, &tasks, false, &directory, here, 1_500), Owner::Unknown(reason) if reason.contains("restoring"))
+        );
+        assert_eq!(locate(2, &tasks, false, &directory, here, 1_500), Owner::There("http://b:8080".into()));
+        // Forwarded already: never a second hop.
+        assert!(
+            matches!(locate(2, &tasks, true, &directory, here, 1_500), Owner::Unknown(reason) if reason.contains("rebalancing"))
+        );
+        // Nobody claims task 3; and b's claim goes stale.
+        assert!(matches!(locate(3, &tasks, false, &directory, here, 1_500), Owner::Unknown(_)));
+        assert!(matches!(locate(2, &tasks, false, &directory, here, 30_000), Owner::Unknown(_)));
+        // A rebalance moved task 0 away, but the table still names this instance.
+        tasks.assigned = [1].into();
+        assert!(
+            matches!(locate(0, &tasks, false, &directory, here, 1_500), Owner::Unknown(reason) if reason.contains("no owner"))
+        );
+    }
 
     #[test]
     fn tokens_compare_whole() {
