@@ -274,50 +274,55 @@ def queries(work, data, rate):
             kafka = ["--bootstrap-servers", broker.address]
             run([BIN, "topics", "create", *kafka, "--partitions", "4"], work, f"{name}-topics")
             run([BIN, "produce", *kafka, *inputs(data)], work, f"{name}-produce")
-            urls, processes = [], []
-            environment = dict(os.environ, GPULEDGER_LOG="warn")
-            started = time.monotonic()
-            for index in range(2):
-                port = free_port()
-                state = work / f"state-{name}-{index}"
-                shutil.rmtree(state, ignore_errors=True)
-                urls.append(f"http://127.0.0.1:{port}")
-                err = open(work / f"{name}-{index}.err", "wb")
-                processes.append(subprocess.Popen(
-                    [str(BIN), "run", *kafka, "--state-dir", str(state), "--http-listen", f"127.0.0.1:{port}"],
-                    stdout=subprocess.DEVNULL, stderr=err, env=environment))
-            stop = work / f"{name}.stop"
-            stop.unlink(missing_ok=True)
-            load = None
-            if loaded:
-                load_out = open(work / f"{name}-load.out", "wb")
-                load = subprocess.Popen([str(EXAMPLES / "query_load"), ",".join(urls), str(startups_file), str(rate),
-                                         "7200", str(stop)], stdout=load_out,
-                                        stderr=open(work / f"{name}-load.err", "wb"))
-            deadline = started + 3600
-            committed = 0
-            while committed < expected:
-                if time.monotonic() > deadline or any(process.poll() is not None for process in processes):
-                    for process in processes:
-                        process.kill()
-                    raise SystemExit(f"bench: {name}: {committed} of {expected} records committed; see {work}")
-                time.sleep(0.2)  # between two scrapes; the condition below decides
+            urls, processes, load = [], [], None
+            try:
+                environment = dict(os.environ, GPULEDGER_LOG="warn")
+                started = time.monotonic()
+                for index in range(2):
+                    port = free_port()
+                    state = work / f"state-{name}-{index}"
+                    shutil.rmtree(state, ignore_errors=True)
+                    urls.append(f"http://127.0.0.1:{port}")
+                    err = open(work / f"{name}-{index}.err", "wb")
+                    processes.append(subprocess.Popen(
+                        [str(BIN), "run", *kafka, "--state-dir", str(state), "--http-listen", f"127.0.0.1:{port}"],
+                        stdout=subprocess.DEVNULL, stderr=err, env=environment))
+                stop = work / f"{name}.stop"
+                stop.unlink(missing_ok=True)
+                if loaded:
+                    load_out = open(work / f"{name}-load.out", "wb")
+                    load = subprocess.Popen([str(EXAMPLES / "query_load"), ",".join(urls), str(startups_file),
+                                             str(rate), "7200", str(stop)], stdout=load_out,
+                                            stderr=open(work / f"{name}-load.err", "wb"))
+                deadline = started + 3600
                 committed = 0
-                for url in urls:
-                    try:
-                        committed += scrape(url).get("gpuledger_records_committed_total", 0)
-                    except OSError:
-                        pass
-            seconds = time.monotonic() - started
-            stop.touch()
-            if load:
-                if load.wait() != 0:
-                    raise SystemExit(f"bench: the query load failed; see {work / (name + '-load.err')}")
-                load_out.close()
-                figures["load"] = last_json((work / f"{name}-load.out").read_text())
-            for process in processes:
-                process.terminate()
-                process.wait()
+                while committed < expected:
+                    if time.monotonic() > deadline or any(process.poll() is not None for process in processes):
+                        raise SystemExit(f"bench: {name}: {committed} of {expected} records committed; see {work}")
+                    time.sleep(0.2)  # between two scrapes; the condition below decides
+                    committed = 0
+                    for url in urls:
+                        try:
+                            committed += scrape(url).get("gpuledger_records_committed_total", 0)
+                        except OSError:
+                            pass
+                seconds = time.monotonic() - started
+                stop.touch()
+                if load:
+                    if load.wait() != 0:
+                        raise SystemExit(f"bench: the query load failed; see {work / (name + '-load.err')}")
+                    load_out.close()
+                    figures["load"] = last_json((work / f"{name}-load.out").read_text())
+            finally:
+                # Whatever happened, nothing is left running.
+                for process in [*processes, *([load] if load else [])]:
+                    if process.poll() is None:
+                        process.terminate()
+                        try:
+                            process.wait(timeout=30)
+                        except subprocess.TimeoutExpired:
+                            process.kill()
+                            process.wait()
             figures[f"{name}_records_per_second"] = expected / seconds
     figures["startups"] = len(startups)
     figures["rate_target"] = rate
