@@ -135,20 +135,29 @@ pub fn run(config: &Config, exit_when_caught_up: bool) -> anyhow::Result<ExitCod
         tracing::info!("signal received; finishing the cycle");
         signal_flag.store(true, std::sync::atomic::Ordering::Relaxed);
     });
-    let service = match config.http.listen {
-        Some(_) => {
-            let metrics = gpuledger::serve::Metrics::new(input_names(config), Some(&config.state_dir));
-            let service = gpuledger::serve::Service::new(metrics, config.http.token.clone());
-            runtime.block_on(gpuledger::serve::start(&config.http, std::sync::Arc::clone(&service)))?;
-            Some(service)
-        }
-        None => None,
-    };
+    let service = serve_http(&runtime, config, &config.state_dir, config.http.token.clone())?;
     let options = kafka::live::RunOptions { exit_when_caught_up };
     let stats = kafka::live::run(config, &options, shutdown, service)?;
     println!("{}", serde_json::to_string(&stats)?);
     runtime.shutdown_background();
     Ok(ExitCode::SUCCESS)
+}
+
+/// The HTTP endpoints on `runtime` when `[http] listen` is set: metrics of
+/// the state in `state_dir`, `/v1` behind `token`.
+fn serve_http(
+    runtime: &tokio::runtime::Runtime,
+    config: &Config,
+    state_dir: &Path,
+    token: Option<String>,
+) -> anyhow::Result<Option<std::sync::Arc<gpuledger::serve::Service>>> {
+    if config.http.listen.is_none() {
+        return Ok(None);
+    }
+    let metrics = gpuledger::serve::Metrics::new(input_names(config), Some(state_dir));
+    let service = gpuledger::serve::Service::new(metrics, token);
+    runtime.block_on(gpuledger::serve::start(&config.http, std::sync::Arc::clone(&service)))?;
+    Ok(Some(service))
 }
 
 /// The inputs' topic names, rates, deals, metering (the metrics' labels).
@@ -160,15 +169,7 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let config = args.kafka.connect_serving(None, args.http_listen.clone())?;
     // Metrics and health while it runs; replay answers no queries.
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
-    let service = match config.http.listen {
-        Some(_) => {
-            let metrics = gpuledger::serve::Metrics::new(input_names(&config), Some(&args.state_dir));
-            let service = gpuledger::serve::Service::new(metrics, None);
-            runtime.block_on(gpuledger::serve::start(&config.http, std::sync::Arc::clone(&service)))?;
-            Some(service)
-        }
-        None => None,
-    };
+    let service = serve_http(&runtime, &config, &args.state_dir, None)?;
     let sink = match (&args.out, &args.emit_prefix) {
         (Some(dir), _) => kafka::replay::Sink::Files(dir.clone()),
         (None, Some(prefix)) => kafka::replay::Sink::Topics(prefix.clone()),
