@@ -20,6 +20,8 @@
 //!   I/O crate is imported there;
 //! - [`records`]: the output records and their Avro encoding;
 //! - [`store`]: state persistence (RocksDB, and an in-memory store);
+//! - [`checkpoint`]: checkpoints of task state in an object store, and
+//!   restoring them;
 //! - [`partitioner`]: Kafka's default partitioner (murmur2);
 //! - [`batch`]: the batch mode over JSONL files (`gpuledger fold`);
 //! - [`config`]: configuration of the Kafka-facing commands (TOML, env, flags);
@@ -35,6 +37,8 @@
 pub mod audit;
 #[cfg(feature = "io")]
 pub mod batch;
+#[cfg(feature = "io")]
+pub mod checkpoint;
 pub mod config;
 pub mod drive;
 pub mod events;

@@ -1,6 +1,7 @@
 //! The command line: clap's types, and one short function per subcommand
 //! (in [`commands`]) over the library.
 
+mod checkpoint;
 mod commands;
 
 use std::path::PathBuf;
@@ -165,6 +166,11 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Checkpoints of task state in the checkpoint store (`[checkpoints] store`).
+    Checkpoint {
+        #[command(subcommand)]
+        command: checkpoint::CheckpointCommand,
+    },
     /// Read the output topics (deduplicated by identity) into batch-mode files.
     Export {
         #[command(flatten)]
@@ -219,7 +225,12 @@ impl KafkaArgs {
         let config = gpuledger::config::Config::load(
             self.config.as_deref(),
             &environment,
-            &gpuledger::config::Overrides { bootstrap_servers: self.bootstrap_servers.clone(), state_dir, http_listen },
+            &gpuledger::config::Overrides {
+                bootstrap_servers: self.bootstrap_servers.clone(),
+                state_dir,
+                http_listen,
+                ..Default::default()
+            },
         )?;
         gpuledger::kafka::client::check_reachable(&config)?;
         Ok(config)
@@ -351,5 +362,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Verify { state_dir, against, kafka } => commands::verify(&state_dir, &against, &kafka),
         Command::Table { balances } => commands::table(&balances),
+        Command::Checkpoint { command } => checkpoint::run(command),
     }
 }

@@ -70,6 +70,19 @@ pub(super) fn apply_environment(raw: &mut RawConfig, environment: &BTreeMap<Stri
             ["http", "advertised_url"] => raw.http.advertised_url = value,
             ["http", "token"] => raw.http.token = value,
             ["http", "token_file"] => raw.http.token_file = value.map(PathBuf::from),
+            ["checkpoints", "store"] => raw.checkpoints.store = value,
+            ["checkpoints", "interval"] => raw.checkpoints.interval = value,
+            ["checkpoints", "interval_records"] => match text.parse() {
+                Ok(records) => raw.checkpoints.interval_records = Some(records),
+                Err(_) => problems.push(format!("{name} must be a whole number, not {text:?}")),
+            },
+            ["checkpoints", "keep"] => match text.parse() {
+                Ok(keep) => raw.checkpoints.keep = Some(keep),
+                Err(_) => problems.push(format!("{name} must be a whole number, not {text:?}")),
+            },
+            ["checkpoints", "options", option] => {
+                raw.checkpoints.options.insert((*option).to_owned(), text);
+            }
             ["schemas", "ids", schema] => match text.parse() {
                 Ok(id) => {
                     raw.schemas.ids.insert((*schema).to_owned(), id);

@@ -11,6 +11,7 @@
 //! are errors (a typo must not silently fall back to a default). Values of
 //! librdkafka properties whose names suggest secrets are never printed.
 
+mod checkpoints;
 mod environment;
 mod http;
 mod raw;
@@ -20,6 +21,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
 
+pub use self::checkpoints::CheckpointConfig;
 use self::environment::apply_environment;
 pub use self::http::HttpConfig;
 pub use self::raw::*;
@@ -86,6 +88,8 @@ pub struct Config {
     pub tick_interval: Option<Millis>,
     /// Metrics, health and queries over HTTP (`[http]`).
     pub http: HttpConfig,
+    /// Checkpoints of task state in an object store (`[checkpoints]`).
+    pub checkpoints: CheckpointConfig,
 }
 
 /// Flags that override the file and the environment.
@@ -94,6 +98,11 @@ pub struct Overrides {
     pub bootstrap_servers: Option<String>,
     pub state_dir: Option<PathBuf>,
     pub http_listen: Option<String>,
+    /// `[checkpoints] store` (`--store`).
+    pub checkpoint_store: Option<String>,
+    /// The command does not talk to Kafka: `kafka.bootstrap_servers` may
+    /// be left unset.
+    pub without_kafka: bool,
 }
 
 /// `90s`, `5m`, `72h`, `35d`, `250ms`.
@@ -190,6 +199,12 @@ impl Config {
         }
         if let Some(dir) = &overrides.state_dir {
             raw.processor.state_dir = Some(dir.clone());
+        }
+        if let Some(store) = &overrides.checkpoint_store {
+            raw.checkpoints.store = Some(store.clone());
+        }
+        if overrides.without_kafka && raw.kafka.bootstrap_servers.is_none() {
+            raw.kafka.bootstrap_servers = Some("(not used)".to_owned());
         }
         Config::validate(raw)
     }
@@ -385,6 +400,7 @@ impl Config {
             problems.push(format!("schemas.ids: id {id} is given to {}", schemas.join(" and ")));
         }
         let http = http::validate(&raw.http, &mut problems);
+        let checkpoints = checkpoints::validate(&raw.checkpoints, &mut problems);
         if !problems.is_empty() {
             bail!("invalid configuration:\n  - {}", problems.join("\n  - "));
         }
@@ -403,6 +419,7 @@ impl Config {
             fold,
             tick_interval,
             http,
+            checkpoints,
         })
     }
 

@@ -28,6 +28,25 @@ pub struct RawConfig {
     pub log: RawLog,
     #[serde(default)]
     pub http: RawHttp,
+    #[serde(default)]
+    pub checkpoints: RawCheckpoints,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCheckpoints {
+    /// `file:///path` or `s3://bucket/prefix`; checkpoints are off when unset.
+    pub store: Option<String>,
+    /// Checkpoint a task this often (default `5m`) …
+    pub interval: Option<String>,
+    /// … or after this many records folded (default 1,000,000; 0: time only).
+    pub interval_records: Option<u64>,
+    /// Complete checkpoints kept per task (default 3).
+    pub keep: Option<u64>,
+    /// Object store options passed through (`endpoint`, `region`,
+    /// `allow_http`, `access_key_id`, `secret_access_key`, …).
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]

@@ -54,6 +54,8 @@ pub struct ProgressEntry {
     pub end: Offsets,
     pub segments: Vec<Segment>,
     pub timestamp: Option<i64>,
+    /// The task's output digest at `end` (hex).
+    pub digest: String,
 }
 
 impl ProgressEntry {
@@ -87,7 +89,13 @@ impl ProgressEntry {
         for segment in segments.iter().rev() {
             start[segment.topic] = segment.from;
         }
-        Topic::ALL.iter().all(|topic| end[*topic] >= 0).then_some(ProgressEntry { start, end, segments, timestamp })
+        Topic::ALL.iter().all(|topic| end[*topic] >= 0).then_some(ProgressEntry {
+            start,
+            end,
+            segments,
+            timestamp,
+            digest: record["digest"].as_str().unwrap_or_default().to_owned(),
+        })
     }
 
     fn ends_at(&self, committed: KeyedOffsets) -> bool {
@@ -139,6 +147,15 @@ pub fn committed_chain(entries: &[ProgressEntry], stored: Offsets, committed: Ke
     }
     chain.reverse();
     Some(chain)
+}
+
+/// Whether a state at `offsets` with output digest `digest` lies on the
+/// committed history that ends at `committed`: a progress record ends at
+/// those offsets with that digest, and the chain of records from there
+/// reaches the committed offsets. Checkpoints are restored only then.
+pub fn on_committed_chain(entries: &[ProgressEntry], offsets: Offsets, digest: &str, committed: KeyedOffsets) -> bool {
+    let recorded = entries.iter().any(|entry| entry.end == offsets && entry.digest == digest);
+    recorded && (offsets.keyed() == committed || committed_chain(entries, offsets, committed).is_some())
 }
 
 /// What the progress topic says about a task's committed cycles.
@@ -248,6 +265,11 @@ mod tests {
             entry([0, 3, 5], &[(Topic::Deals, 2, 3)]),
         ];
         assert_eq!(committed_chain(&entries, Offsets::ZERO, keyed(3, 5)), Some(vec![0, 2, 3]));
+        // A state on the chain (at a record's end, with its digest) or not.
+        assert!(on_committed_chain(&entries, Offsets::new(0, 2, 5), "00", keyed(3, 5)));
+        assert!(on_committed_chain(&entries, Offsets::new(0, 3, 5), "00", keyed(3, 5)));
+        assert!(!on_committed_chain(&entries, Offsets::new(0, 2, 5), "01", keyed(3, 5)), "another digest");
+        assert!(!on_committed_chain(&entries, Offsets::new(0, 2, 7), "00", keyed(3, 5)), "the aborted cycle's end");
         // From a stored position part-way along the chain.
         assert_eq!(committed_chain(&entries, Offsets::new(0, 2, 5), keyed(3, 5)), Some(vec![3]));
         // No record ends at the committed offsets.

@@ -57,6 +57,9 @@ pub struct Metrics {
     transactions: Family<OutcomeLabel, Counter>,
     cycle_seconds: Histogram,
     refolded: Counter,
+    restored: Counter,
+    checkpoints: Family<OutcomeLabel, Counter>,
+    checkpoint_bytes: Counter,
     committed: Counter,
     partitions_assigned: Gauge,
     rebuilds: Counter,
@@ -95,6 +98,20 @@ impl Metrics {
         );
         let refolded = Counter::default();
         registry.register("records_refolded", "Records re-folded with outputs suppressed (recovery)", refolded.clone());
+        let restored = Counter::default();
+        registry.register(
+            "records_restored",
+            "Records folded before a checkpoint a task was restored from (not re-folded)",
+            restored.clone(),
+        );
+        let checkpoints = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "checkpoints",
+            "Task checkpoints written to the checkpoint store, by outcome",
+            checkpoints.clone(),
+        );
+        let checkpoint_bytes = Counter::default();
+        registry.register("checkpoint_bytes", "Bytes of the checkpoints written", checkpoint_bytes.clone());
         let committed = Counter::default();
         registry.register(
             "records_committed",
@@ -126,6 +143,9 @@ impl Metrics {
             transactions,
             cycle_seconds,
             refolded,
+            restored,
+            checkpoints,
+            checkpoint_bytes,
             committed,
             partitions_assigned,
             rebuilds,
@@ -156,6 +176,12 @@ impl Metrics {
         self.transactions.get_or_create(&OutcomeLabel { outcome: "aborted" }).inc_by(aborted);
         self.refolded.inc_by(stats.records_refolded.saturating_sub(last.records_refolded));
         self.rebuilds.inc_by(stats.task_rebuilds.saturating_sub(last.task_rebuilds));
+        self.restored.inc_by(stats.records_restored.saturating_sub(last.records_restored));
+        let taken = stats.checkpoints_taken.saturating_sub(last.checkpoints_taken);
+        let failed = stats.checkpoints_failed.saturating_sub(last.checkpoints_failed);
+        self.checkpoints.get_or_create(&OutcomeLabel { outcome: "taken" }).inc_by(taken);
+        self.checkpoints.get_or_create(&OutcomeLabel { outcome: "failed" }).inc_by(failed);
+        self.checkpoint_bytes.inc_by(stats.checkpoint_bytes.saturating_sub(last.checkpoint_bytes));
         self.committed.inc_by(stats.records_committed.saturating_sub(last.records_committed));
         *last = stats.clone();
     }

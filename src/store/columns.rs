@@ -11,6 +11,7 @@
 //! |---|---|---|
 //! | `meta` | `task` + partition | [`TaskMeta`] (JSON) |
 //! | `meta` | `layout` | [`Layout`] (JSON) |
+//! | `meta` | `rstr` + partition | present while a checkpoint is installed (empty) |
 //! | `meta` | `ckpt` + partition + records folded (8) | [`Checkpoint`](crate::fold::state::Checkpoint) (JSON) |
 //! | `startups` | partition, startup | start-up record without grants, deals, dedup (JSON) |
 //! | `grants` | partition, startup, grant id | grant (JSON) |
@@ -103,6 +104,14 @@ pub fn checkpoint_prefix(partition: u32) -> Vec<u8> {
 pub fn checkpoint_key(partition: u32, folded: u64) -> Vec<u8> {
     let mut key = checkpoint_prefix(partition);
     key.extend_from_slice(&folded.to_be_bytes());
+    key
+}
+
+/// Present while a checkpoint is being installed into task `partition`'s
+/// ranges: a task found with it has half a state and is wiped.
+pub fn restore_marker_key(partition: u32) -> Vec<u8> {
+    let mut key = b"rstr".to_vec();
+    key.extend_from_slice(&partition.to_be_bytes());
     key
 }
 

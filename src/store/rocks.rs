@@ -8,7 +8,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
 
 use anyhow::{bail, Context as _};
-use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, Options, WriteBatch, WriteOptions, DB};
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, IngestExternalFileOptions, Options, SstFileWriter, WriteBatch,
+    WriteOptions, DB,
+};
 
 use super::{Column, KvStore, Op};
 
@@ -90,6 +93,35 @@ impl RocksStore {
     fn handle(&self, column: Column) -> crate::Result<&rocksdb::ColumnFamily> {
         handle(&self.db, &self.path, column)
     }
+
+    /// Deletes every key of the given ranges (column family, key prefix)
+    /// in one atomic write.
+    pub fn delete_ranges(&mut self, ranges: &[(Column, Vec<u8>)]) -> crate::Result<()> {
+        let mut batch = WriteBatch::default();
+        for (column, prefix) in ranges {
+            let end = crate::checkpoint::prefix_end(prefix).context("a key range without an end")?;
+            batch.delete_range_cf(self.handle(*column)?, prefix, &end);
+        }
+        self.db.write(batch).context("deleting a task's key ranges")
+    }
+
+    /// Adds the entries of an SST file (from [`SnapshotReader::export`]) to
+    /// a column family; the file is moved into the store.
+    pub fn ingest(&mut self, column: Column, file: &Path) -> crate::Result<()> {
+        let mut options = IngestExternalFileOptions::default();
+        options.set_move_files(true);
+        self.db
+            .ingest_external_file_cf_opts(self.handle(column)?, &options, vec![file])
+            .with_context(|| format!("ingesting {} into column family {}", file.display(), column.name()))
+    }
+}
+
+/// One column family's part of a task, exported to an SST file.
+#[derive(Clone, Debug)]
+pub struct Exported {
+    pub column: Column,
+    pub path: PathBuf,
+    pub entries: u64,
 }
 
 fn handle<'a>(db: &'a DB, path: &Path, column: Column) -> crate::Result<&'a rocksdb::ColumnFamily> {
@@ -154,6 +186,50 @@ impl SnapshotReader {
         let db = self.db.upgrade().with_context(|| format!("the state directory {} is closed", self.path.display()))?;
         let snapshot = db.snapshot();
         read(&SnapshotView { db: &db, snapshot: &snapshot, path: &self.path })
+    }
+
+    /// Writes the entries of `ranges` (column family, key prefix; in key
+    /// order within a column family) to one SST file per column family in
+    /// `dir` (none for a column family without entries), and runs `read`,
+    /// all over one snapshot.
+    pub fn export<T>(
+        &self,
+        ranges: &[(Column, Vec<u8>)],
+        dir: &Path,
+        read: impl FnOnce(&dyn KvStore) -> crate::Result<T>,
+    ) -> crate::Result<(T, Vec<Exported>)> {
+        let db = self.db.upgrade().with_context(|| format!("the state directory {} is closed", self.path.display()))?;
+        let snapshot = db.snapshot();
+        let value = read(&SnapshotView { db: &db, snapshot: &snapshot, path: &self.path })?;
+        let mut options = Options::default();
+        options.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        let mut exported = Vec::new();
+        for column in Column::ALL {
+            let path = dir.join(format!("{}.sst", column.name()));
+            let mut writer = SstFileWriter::create(&options);
+            let mut entries = 0;
+            for (_, prefix) in ranges.iter().filter(|(range_column, _)| *range_column == column) {
+                let mut iterator = snapshot.raw_iterator_cf(handle(&db, &self.path, column)?);
+                iterator.seek(prefix);
+                while let (Some(key), Some(value)) = (iterator.key(), iterator.value()) {
+                    if !key.starts_with(prefix) {
+                        break;
+                    }
+                    if entries == 0 {
+                        writer.open(&path).with_context(|| format!("creating {}", path.display()))?;
+                    }
+                    writer.put(key, value).with_context(|| format!("writing {}", path.display()))?;
+                    entries += 1;
+                    iterator.next();
+                }
+                iterator.status().with_context(|| format!("reading column family {}", column.name()))?;
+            }
+            if entries > 0 {
+                writer.finish().with_context(|| format!("finishing {}", path.display()))?;
+                exported.push(Exported { column, path, entries });
+            }
+        }
+        Ok((value, exported))
     }
 }
 

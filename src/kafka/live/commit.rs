@@ -237,6 +237,9 @@ impl Processor<'_> {
                     self.stats.end_transaction_millis += times.end_transaction;
                     self.stats.store_write_millis += times.store_write;
                     self.stats.records_committed += times.records;
+                    if let Some((_, committed)) = self.checkpoint_due.get_mut(&partition) {
+                        *committed += times.records;
+                    }
                     for (reason, count) in times.dead_letters {
                         *self.stats.dead_letters.entry(reason).or_default() += count;
                     }

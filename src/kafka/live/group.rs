@@ -9,11 +9,13 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use super::commit::{CommitError, CycleOutcome, InFlight};
+use super::restore::Restorer;
 use crate::config::Topics;
 use crate::events::Topic;
 use crate::fold::state::{KeyedOffsets, PositionConflict};
 use crate::kafka::client::METADATA_TIMEOUT;
 use crate::kafka::cluster::keyed_offsets;
+use crate::kafka::progress::ProgressEntry;
 use crate::kafka::topics::name_of;
 use crate::store;
 use crate::store::rocks::RocksStore;
@@ -24,6 +26,10 @@ pub(super) struct Assigned {
     pub(super) partition: u32,
     /// Group-committed offsets of deals and metering (o_k).
     pub(super) committed: KeyedOffsets,
+    /// Records a checkpoint restored beyond the local state.
+    pub(super) records_restored: u64,
+    /// The task's progress records, when restoring read them already.
+    pub(super) progress: Option<Arc<Vec<ProgressEntry>>>,
 }
 
 #[derive(Debug)]
@@ -45,6 +51,7 @@ pub struct StateAheadOfGroup {
 pub(super) struct GroupContext {
     pub(super) store: Arc<Mutex<RocksStore>>,
     pub(super) topics: Topics,
+    pub(super) restorer: Restorer,
     pub(super) events: Mutex<Vec<GroupEvent>>,
     /// The commit cycle under way, if any. A rebalance waits for it before
     /// giving partitions up or reading the offsets of new ones, so the
@@ -57,10 +64,11 @@ pub(super) struct GroupContext {
 impl ClientContext for GroupContext {}
 
 impl GroupContext {
-    pub(super) fn new(store: Arc<Mutex<RocksStore>>, topics: Topics) -> GroupContext {
+    pub(super) fn new(store: Arc<Mutex<RocksStore>>, topics: Topics, restorer: Restorer) -> GroupContext {
         GroupContext {
             store,
             topics,
+            restorer,
             events: Mutex::new(Vec::new()),
             in_flight: Mutex::new(None),
             finished: Mutex::new(Vec::new()),
@@ -101,12 +109,15 @@ impl GroupContext {
 
     fn assign(&self, consumer: &BaseConsumer<Self>, list: &mut TopicPartitionList) -> crate::Result<Vec<Assigned>> {
         let committed = consumer.committed_offsets(list.clone(), METADATA_TIMEOUT)?;
-        let assigned: Vec<Assigned> = keyed_offsets(&self.topics, &committed)
+        let mut assigned: Vec<Assigned> = keyed_offsets(&self.topics, &committed)
             .into_iter()
-            .map(|(partition, committed)| Assigned { partition, committed })
+            .map(|(partition, committed)| Assigned { partition, committed, records_restored: 0, progress: None })
             .collect();
-        let store = self.store.lock().expect("store lock");
-        for task in &assigned {
+        let mut store = self.store.lock().expect("store lock");
+        for task in &mut assigned {
+            let prepared = self.restorer.prepare(&mut store, task.partition, task.committed)?;
+            task.records_restored = prepared.records_restored;
+            task.progress = prepared.progress.map(Arc::new);
             let stored = store::load_task_meta(&*store, task.partition)?.offsets;
             task.committed
                 .check_not_behind(&stored)

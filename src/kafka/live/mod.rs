@@ -34,6 +34,7 @@
 
 mod commit;
 mod group;
+mod restore;
 mod runner;
 mod ticks;
 
@@ -55,6 +56,7 @@ pub use self::group::StateAheadOfGroup;
 use self::group::{Assigned, GroupContext, GroupEvent};
 use self::runner::{LiveInputs, LiveSink, TaskRunner};
 use self::ticks::Ticker;
+use crate::checkpoint::worker::{CheckpointStats, Checkpointer};
 use crate::config::Config;
 use crate::drive::{Stop, TaskStep};
 use crate::events::avro::SchemaRegistry;
@@ -107,6 +109,15 @@ pub struct RunStats {
     pub task_rebuilds: u64,
     /// Records re-folded with outputs suppressed (recovery).
     pub records_refolded: u64,
+    /// Records folded before the checkpoints tasks were restored from:
+    /// recovery did not re-fold them.
+    pub records_restored: u64,
+    /// Checkpoints written (and failed), their bytes, and the time spent
+    /// exporting and uploading them off the folding thread, in ms.
+    pub checkpoints_taken: u64,
+    pub checkpoints_failed: u64,
+    pub checkpoint_bytes: u64,
+    pub checkpoint_millis: u64,
     pub transactions_committed: u64,
     pub transactions_aborted: u64,
     pub partitions_assigned: u64,
@@ -130,6 +141,16 @@ pub struct RunStats {
     pub offsets_millis: u64,
     pub end_transaction_millis: u64,
     pub store_write_millis: u64,
+}
+
+impl RunStats {
+    /// Takes the checkpoint thread's counts.
+    fn note_checkpoints(&mut self, taken: &CheckpointStats) {
+        self.checkpoints_taken = taken.taken;
+        self.checkpoints_failed = taken.failed;
+        self.checkpoint_bytes = taken.bytes;
+        self.checkpoint_millis = taken.export_millis + taken.upload_millis;
+    }
 }
 
 struct Processor<'a> {
@@ -156,6 +177,11 @@ struct Processor<'a> {
     announcer: Option<Announcer>,
     /// The group has assigned partitions at least once.
     joined: bool,
+    /// Takes checkpoints when `[checkpoints] store` is set.
+    checkpointer: Option<Checkpointer>,
+    /// Per task: when its last checkpoint was asked for, and the records
+    /// committed since.
+    checkpoint_due: BTreeMap<u32, (Instant, u64)>,
 }
 
 impl Processor<'_> {
@@ -182,6 +208,11 @@ impl Processor<'_> {
                     for partition in revoked {
                         if let Some(runner) = self.runners.remove(&partition) {
                             runner.close();
+                            // Its last committed state, for whoever takes it next.
+                            self.checkpoint_due.remove(&partition);
+                            if let Some(checkpointer) = &self.checkpointer {
+                                checkpointer.request(partition);
+                            }
                         }
                     }
                 }
@@ -190,6 +221,8 @@ impl Processor<'_> {
                     for entry in assigned {
                         let runner = TaskRunner::start(self.config, &self.store, &entry, &self.poisoned)?;
                         self.stats.partitions_assigned += 1;
+                        self.stats.records_restored += entry.records_restored;
+                        self.checkpoint_due.insert(entry.partition, (Instant::now(), 0));
                         self.runners.insert(entry.partition, runner);
                     }
                 }
@@ -348,6 +381,27 @@ impl Processor<'_> {
         Ok(())
     }
 
+    /// Asks for a checkpoint of every task whose interval has passed (in
+    /// time or records folded), or of every task with `all`. The
+    /// checkpoint thread reads RocksDB, which holds committed state only.
+    fn request_checkpoints(&mut self, all: bool) {
+        let Some(checkpointer) = &self.checkpointer else { return };
+        let settings = &self.config.checkpoints;
+        for (partition, runner) in &self.runners {
+            if runner.refolding() {
+                continue;
+            }
+            let (since, committed) = self.checkpoint_due.get(partition).copied().unwrap_or((Instant::now(), 0));
+            let due = since.elapsed().as_millis() as i64 >= settings.interval
+                || (settings.interval_records > 0 && committed >= settings.interval_records);
+            if all || due {
+                checkpointer.request(*partition);
+                self.checkpoint_due.insert(*partition, (Instant::now(), 0));
+            }
+        }
+        self.stats.note_checkpoints(&checkpointer.stats());
+    }
+
     /// Drops a task's uncommitted state: reload it and rewind its inputs.
     fn rebuild(&mut self, partition: u32) -> crate::Result<()> {
         let Some(old) = self.runners.remove(&partition) else { return Ok(()) };
@@ -358,7 +412,7 @@ impl Processor<'_> {
         list.add_partition(&self.config.topics.metering, partition as i32);
         let committed = self.consumer.committed_offsets(list, METADATA_TIMEOUT)?;
         let committed = keyed_offsets(&self.config.topics, &committed).remove(&partition).unwrap_or_default();
-        let assigned = Assigned { partition, committed };
+        let assigned = Assigned { partition, committed, records_restored: 0, progress: None };
         let runner = TaskRunner::start(self.config, &self.store, &assigned, &self.poisoned)?;
         for topic in [Topic::Deals, Topic::Metering] {
             let offset = runner.feeds.expected[topic];
@@ -395,7 +449,9 @@ pub fn run(
         tracing::info!(advertised_url = %url, "answering queries; announcing tasks on {}", config.topics.members);
     }
     close_in_background(metadata);
-    let context = GroupContext::new(Arc::clone(&store), config.topics.clone());
+    let restorer = restore::Restorer::new(config, partitions)?;
+    let checkpointer = Checkpointer::start(config, store.lock().expect("store lock").snapshot_reader(), partitions)?;
+    let context = GroupContext::new(Arc::clone(&store), config.topics.clone(), restorer);
     let consumer = client::group_consumer(config, context)?;
     consumer.subscribe(&[&config.topics.deals, &config.topics.metering]).context("subscribing")?;
     let mut processor = Processor {
@@ -415,6 +471,8 @@ pub fn run(
         service,
         announcer,
         joined: false,
+        checkpointer,
+        checkpoint_due: BTreeMap::new(),
     };
     tracing::info!(partitions, group = %config.group_id, "joined; waiting for partitions");
     let commit_interval = Duration::from_millis(config.commit_interval as u64);
@@ -439,6 +497,7 @@ pub fn run(
         let taken = processor.fold_buffered()?;
         processor.handle_group_events()?;
         processor.settle(false, &[])?;
+        processor.request_checkpoints(false);
         if last_cycle.elapsed() >= commit_interval {
             processor.start_cycle()?;
             last_cycle = Instant::now();
@@ -459,6 +518,11 @@ pub fn run(
         if stopping || caught_up {
             processor.start_cycle()?;
             processor.settle(true, &[])?;
+            // A planned move restores with nothing to re-fold.
+            processor.request_checkpoints(true);
+            if let Some(checkpointer) = processor.checkpointer.take() {
+                processor.stats.note_checkpoints(&checkpointer.finish());
+            }
             tracing::info!(stats = ?processor.stats, reason = if stopping { "signal" } else { "caught up" }, "stopping");
             break;
         }

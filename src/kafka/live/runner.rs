@@ -97,7 +97,10 @@ impl TaskRunner {
         let committed = assigned.committed;
         let behind = committed.deals > offsets[Topic::Deals] || committed.metering > offsets[Topic::Metering];
         let plan = if behind {
-            committed_plan(config, partition, offsets, assigned.committed)?
+            match &assigned.progress {
+                Some(entries) => CommittedPlan::of(entries, offsets, committed),
+                None => committed_plan(config, partition, offsets, committed)?,
+            }
         } else {
             CommittedPlan { rates_offset: Some(offsets[Topic::Rates]), segments: Some(Vec::new()) }
         };
