@@ -31,7 +31,12 @@ pub const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(30);
 /// answer a waiting fetch as soon as data arrives — Tansu — otherwise set
 /// the pace of commit cycles; docs/benchmarks.md has the figures; the cost
 /// is up to 100 empty fetches a second per broker while idle).
-pub const GROUP_DEFAULTS: [(&str, &str); 4] = [
+pub const GROUP_DEFAULTS: [(&str, &str); 5] = [
+    // Incremental rebalancing: a joining or leaving instance moves only the
+    // partitions that change owner; the others keep folding (KIP-429). The
+    // rebalance callback handles both protocols, should a deployment set
+    // another assignor in `kafka.properties`.
+    ("partition.assignment.strategy", "cooperative-sticky"),
     ("session.timeout.ms", "10000"),
     ("heartbeat.interval.ms", "1000"),
     ("max.poll.interval.ms", "60000"),

@@ -109,7 +109,7 @@ fn two_instances_share_the_partitions_and_one_takes_over_when_the_other_stops() 
     let exit = first.terminate();
     assert!(exit.success(), "SIGTERM must exit 0, got {exit:?}");
     // The survivor takes over every partition, rebuilding those it has no state for.
-    second.wait_for("partitions assigned partitions=[0, 1, 2, 3]", 1);
+    second.wait_for("owned=[0, 1, 2, 3]", 1);
     let exit = second.terminate();
     assert!(exit.success());
     let last = run_until_caught_up(&broker, &state_b);

@@ -4,7 +4,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
@@ -107,7 +107,25 @@ impl GroupContext {
         std::mem::take(&mut *self.finished.lock().expect("finished lock"))
     }
 
-    fn assign(&self, consumer: &BaseConsumer<Self>, list: &mut TopicPartitionList) -> crate::Result<Vec<Assigned>> {
+    /// Tasks' partitions of both keyed inputs. The group is subscribed to
+    /// the metering topic only: with incremental rebalancing (the sticky
+    /// assignor), two subscribed topics would not be co-partitioned — one
+    /// member could get deals p and another metering p. Deals p follows
+    /// metering p instead, in the same assign and unassign calls.
+    fn tasks_list(&self, list: &TopicPartitionList) -> TopicPartitionList {
+        let mut partitions: Vec<i32> = list.elements().iter().map(|element| element.partition()).collect();
+        partitions.sort_unstable();
+        partitions.dedup();
+        let mut tasks = TopicPartitionList::new();
+        for partition in partitions {
+            tasks.add_partition(&self.topics.deals, partition);
+            tasks.add_partition(&self.topics.metering, partition);
+        }
+        tasks
+    }
+
+    fn assign(&self, consumer: &BaseConsumer<Self>, list: &TopicPartitionList) -> crate::Result<Vec<Assigned>> {
+        let mut list = self.tasks_list(list);
         let committed = consumer.committed_offsets(list.clone(), METADATA_TIMEOUT)?;
         let mut assigned: Vec<Assigned> = keyed_offsets(&self.topics, &committed)
             .into_iter()
@@ -127,7 +145,11 @@ impl GroupContext {
                 list.set_partition_offset(name, task.partition as i32, Offset::Offset(stored[topic]))?;
             }
         }
-        consumer.assign(list)?;
+        if matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative) {
+            consumer.incremental_assign(&list)?;
+        } else {
+            consumer.assign(&list)?;
+        }
         Ok(assigned)
     }
 }
@@ -138,7 +160,18 @@ impl ConsumerContext for GroupContext {
         match error {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => match self.assign(consumer, list) {
                 Ok(assigned) => {
-                    tracing::info!(partitions = ?assigned.iter().map(|a| a.partition).collect::<Vec<_>>(), "partitions assigned");
+                    // Incremental rebalancing adds partitions: name the whole set too.
+                    let mut owned: Vec<i32> = consumer
+                        .assignment()
+                        .map(|list| list.elements().iter().map(|element| element.partition()).collect())
+                        .unwrap_or_default();
+                    owned.sort_unstable();
+                    owned.dedup();
+                    tracing::info!(
+                        partitions = ?assigned.iter().map(|a| a.partition).collect::<Vec<_>>(),
+                        ?owned,
+                        "partitions assigned"
+                    );
                     self.events.lock().expect("events lock").push(GroupEvent::Assigned(assigned));
                 }
                 Err(error) => {
@@ -148,9 +181,16 @@ impl ConsumerContext for GroupContext {
                 }
             },
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                let partitions: Vec<u32> = list.elements().iter().map(|element| element.partition() as u32).collect();
+                let mut partitions: Vec<u32> =
+                    list.elements().iter().map(|element| element.partition() as u32).collect();
+                partitions.sort_unstable();
+                partitions.dedup();
                 tracing::info!(?partitions, "partitions revoked");
-                let _ = consumer.unassign();
+                let _ = if matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative) {
+                    consumer.incremental_unassign(&self.tasks_list(list))
+                } else {
+                    consumer.unassign()
+                };
                 self.events.lock().expect("events lock").push(GroupEvent::Revoked(partitions));
             }
             other => tracing::error!(error = ?other, "rebalance error"),

@@ -453,7 +453,8 @@ pub fn run(
     let checkpointer = Checkpointer::start(config, store.lock().expect("store lock").snapshot_reader(), partitions)?;
     let context = GroupContext::new(Arc::clone(&store), config.topics.clone(), restorer);
     let consumer = client::group_consumer(config, context)?;
-    consumer.subscribe(&[&config.topics.deals, &config.topics.metering]).context("subscribing")?;
+    // Metering only: deals p follows metering p (`GroupContext::tasks_list`).
+    consumer.subscribe(&[&config.topics.metering]).context("subscribing")?;
     let mut processor = Processor {
         config,
         partitions,
