@@ -166,12 +166,24 @@ pub(super) fn assert_exported_equals_fold_with(
     name: &str,
     environment: &[(&str, &str)],
 ) {
+    assert_exported_equals_fold_in(broker, inputs, dir, name, 4, environment);
+}
+
+/// [`assert_exported_equals_fold_with`] against `fold --partitions N`.
+pub(super) fn assert_exported_equals_fold_in(
+    broker: &Broker,
+    inputs: &Path,
+    dir: &Path,
+    name: &str,
+    partitions: u32,
+    environment: &[(&str, &str)],
+) {
     let exported = dir.join(format!("export-{name}"));
     let output = gpuledger_with(broker, &["export", "--out", path(&exported)], environment);
     eprintln!("export ({name}):\n{}", String::from_utf8_lossy(&output.stdout));
     let folded = dir.join(format!("fold-{name}"));
     let mut options = super::common::options(inputs, &folded);
-    options.partitions = 4;
+    options.partitions = partitions;
     super::common::fold(&options);
     for stream in STREAMS {
         assert_same_records(&lines(&exported, stream), &lines(&folded, stream), &format!("{name}: {stream}"), dir);
@@ -247,6 +259,21 @@ impl Instance {
         }
     }
 
+    /// Takes the log lines that arrived, waiting at most `wait` for the first.
+    pub(super) fn take_lines(&mut self, wait: std::time::Duration) {
+        if let Ok(line) = self.lines.recv_timeout(wait) {
+            self.seen.push(line);
+        }
+        while let Ok(line) = self.lines.try_recv() {
+            self.seen.push(line);
+        }
+    }
+
+    /// The log lines so far.
+    pub(super) fn seen(&self) -> &[String] {
+        &self.seen
+    }
+
     /// SIGTERM, then the exit status and the counters it printed.
     pub(super) fn terminate_with_stats(self) -> (std::process::ExitStatus, Option<Value>) {
         let (exit, stdout) = self.stop();
@@ -305,4 +332,71 @@ pub(super) fn acme_usage(id: &str, start: &str, end: &str) -> String {
     format!(
         r#"{{"specversion":"1.0","id":"{id}","source":"m","type":"gpuledger.gpu.usage","subject":"acme","time":"{end}","data":{{"cluster_id":"c","region":"r","gpu_model":"H800","tier":"spot","gpu_count":1,"started_at":"{start}","ended_at":"{end}"}}}}"#
     )
+}
+
+/// An S3-compatible server (moto, by `scripts/s3.sh`) with one bucket, for
+/// checkpoints; stopped on drop.
+pub(super) struct S3 {
+    dir: tempfile::TempDir,
+    pub(super) endpoint: String,
+    pub(super) bucket: String,
+}
+
+impl S3 {
+    pub(super) fn start() -> S3 {
+        let dir = tempfile::tempdir().unwrap();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/s3.sh");
+        let bucket = "gpuledger-checkpoints".to_owned();
+        let output = Command::new(script).arg("start").arg(dir.path()).arg(&bucket).output().unwrap();
+        assert!(output.status.success(), "s3 did not start: {}", String::from_utf8_lossy(&output.stderr));
+        let endpoint = String::from_utf8(output.stdout).unwrap().trim().to_owned();
+        S3 { dir, endpoint, bucket }
+    }
+
+    /// The processor's settings for checkpoints under `prefix` in the bucket.
+    pub(super) fn environment(&self, prefix: &str) -> Vec<(&'static str, String)> {
+        vec![
+            ("GPULEDGER_CHECKPOINTS__STORE", format!("s3://{}/{prefix}", self.bucket)),
+            ("GPULEDGER_CHECKPOINTS__OPTIONS__ENDPOINT", self.endpoint.clone()),
+            ("GPULEDGER_CHECKPOINTS__OPTIONS__ALLOW_HTTP", "true".to_owned()),
+            ("GPULEDGER_CHECKPOINTS__OPTIONS__REGION", "us-east-1".to_owned()),
+            ("GPULEDGER_CHECKPOINTS__OPTIONS__ACCESS_KEY_ID", "test".to_owned()),
+            ("GPULEDGER_CHECKPOINTS__OPTIONS__SECRET_ACCESS_KEY", "test".to_owned()),
+        ]
+    }
+}
+
+impl Drop for S3 {
+    fn drop(&mut self) {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/s3.sh");
+        let _ = Command::new(script).arg("stop").arg(self.dir.path()).status();
+    }
+}
+
+/// `(name, value)` pairs as the `&str` pairs the helpers take.
+pub(super) fn borrowed<'a>(environment: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    environment.iter().map(|(name, value)| (*name, value.as_str())).collect()
+}
+
+/// The checkpoints' manifests (`checkpoint list --json`), complete ones only.
+pub(super) fn manifests(environment: &[(&str, &str)]) -> Vec<Value> {
+    let output = checkpoint_command(&["list", "--json"], environment);
+    assert!(output.status.success(), "checkpoint list: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str::<Value>(line).unwrap())
+        .filter(|manifest| manifest.get("unusable").is_none())
+        .collect()
+}
+
+/// `gpuledger checkpoint ARGS` (no broker needed), whatever its exit.
+pub(super) fn checkpoint_command(args: &[&str], environment: &[(&str, &str)]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_gpuledger"))
+        .arg("checkpoint")
+        .args(args)
+        .env("GPULEDGER_LOG", "warn")
+        .envs(environment.iter().copied())
+        .output()
+        .unwrap()
 }

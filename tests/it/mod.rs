@@ -1,5 +1,6 @@
 mod batch;
 mod catalogue;
+mod checkpoints;
 mod codec;
 mod common;
 mod deploy;
