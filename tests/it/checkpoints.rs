@@ -10,8 +10,8 @@ use serde_json::Value;
 
 use super::common::workload;
 use super::harness::{
-    assert_exported_equals_fold_in, borrowed, checkpoint_command, gpuledger, gpuledger_with, loaded_broker, manifests,
-    path, produce_files, Broker, Instance, S3,
+    assert_exported_equals_fold_in, assert_exported_equals_replay, borrowed, checkpoint_command, gpuledger,
+    gpuledger_with, loaded_broker, manifests, path, produce_files, Broker, Instance, S3,
 };
 use gpuledger::units::MINUTE_MS;
 
@@ -219,7 +219,8 @@ fn three_instances_one_killed_with_its_disk_its_tasks_restore_from_checkpoints()
 /// Transactions abort (fault injection) while checkpoints are taken, as
 /// the input arrives in stretches: every checkpoint lies on the committed
 /// history — a progress record of a committed cycle ends at its offsets
-/// with its digest — and a restore from them reproduces batch mode exactly.
+/// with its digest — and a restore from them re-folds nothing, its outputs
+/// those a replay of the recorded history derives.
 #[test]
 fn checkpoints_taken_while_transactions_abort_hold_only_committed_state() {
     let broker = Broker::start();
@@ -295,6 +296,94 @@ fn checkpoints_taken_while_transactions_abort_hold_only_committed_state() {
     let last_records: u64 = tasks.values().map(|list| list.last().unwrap()["records"].as_u64().unwrap()).sum();
     assert_eq!(restored["records_restored"].as_u64(), Some(last_records), "{restored}");
     assert_eq!(restored["records_refolded"], 0, "{restored}");
-    assert_exported_equals_fold_in(&broker, &inputs, &dir, "aborts-checkpoints", 2, &[]);
+    assert_exported_equals_replay(&broker, &dir, "aborts-checkpoints");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The instant a log line was written (its leading RFC 3339 timestamp).
+fn logged_at(line: &str) -> i64 {
+    gpuledger::units::parse_rfc3339(line.split_whitespace().next().unwrap()).expect("a timestamped log line")
+}
+
+/// Incremental rebalancing: when a second instance joins, only the
+/// partitions that change owner stop; the first instance's other tasks
+/// keep folding and committing while they move — shown by their progress
+/// records (one per committed cycle) timed between the revocation and the
+/// moved tasks' start on the new owner.
+#[test]
+fn a_joining_instance_moves_only_its_partitions_and_the_others_keep_folding() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap().keep();
+    let inputs = workload(&dir, 1_500, 5 * MINUTE_MS);
+    gpuledger(&broker, &["topics", "create", "--partitions", "4"]);
+    let metering = std::fs::read_to_string(inputs.join("metering.jsonl")).unwrap();
+    let lines: Vec<String> = metering.lines().map(str::to_owned).collect();
+    let stretches: Vec<std::path::PathBuf> = lines
+        .chunks(lines.len().div_ceil(60))
+        .enumerate()
+        .map(|(index, chunk)| {
+            let file = dir.join(format!("metering-{index}.jsonl"));
+            std::fs::write(&file, chunk.join("\n") + "\n").unwrap();
+            file
+        })
+        .collect();
+    produce_files(&broker, &inputs.join("rates.jsonl"), &inputs.join("deals.jsonl"), &stretches[0]);
+    let (state_a, state_b) = (dir.join("state-a"), dir.join("state-b"));
+    let mut a = Instance::start(&broker, &state_a, &[]);
+    a.wait_for("task starting", 4);
+    // Input keeps arriving, a stretch at a time, until the move is over.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let producer = {
+        let (stop, address, stretches) = (std::sync::Arc::clone(&stop), broker.address.clone(), stretches.clone());
+        std::thread::spawn(move || {
+            let mut produced = 1;
+            while produced < stretches.len() && !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let status = std::process::Command::new(env!("CARGO_BIN_EXE_gpuledger"))
+                    .args(["produce", "--metering", path(&stretches[produced]), "--bootstrap-servers", &address])
+                    .env("GPULEDGER_LOG", "warn")
+                    .status()
+                    .unwrap();
+                assert!(status.success());
+                produced += 1;
+            }
+            produced
+        })
+    };
+    let mut b = Instance::start(&broker, &state_b, &[]);
+    let started = b.line_with("task starting");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let produced = producer.join().unwrap();
+    for stretch in &stretches[produced..] {
+        gpuledger(&broker, &["produce", "--metering", path(stretch)]);
+    }
+    a.take_lines(std::time::Duration::from_millis(0));
+    let revoked: Vec<String> = a.seen().iter().filter(|line| line.contains("partitions revoked")).cloned().collect();
+    assert_eq!(revoked.len(), 1, "one revocation, of the moving partitions only: {revoked:?}");
+    let moved = owned(&b);
+    let kept = owned(&a);
+    eprintln!("moved to b: {moved:?}; kept by a: {kept:?}; {}", revoked[0]);
+    assert!(!moved.is_empty() && !kept.is_empty() && moved.is_disjoint(&kept));
+    let (from, to) = (logged_at(&revoked[0]), logged_at(&started));
+    assert!(produced > 1 && from < to, "the move happened while input arrived ({produced} stretches)");
+
+    let config = gpuledger::config::Config::load(
+        None,
+        &BTreeMap::new(),
+        &gpuledger::config::Overrides { bootstrap_servers: Some(broker.address.clone()), ..Default::default() },
+    )
+    .unwrap();
+    for task in &kept {
+        let cycles = gpuledger::kafka::progress::read_progress(&config, *task).unwrap();
+        let during = cycles.iter().filter(|cycle| cycle.timestamp.is_some_and(|at| from < at && at < to)).count();
+        assert!(during > 0, "task {task} committed nothing between the revocation and the move's end");
+    }
+    assert!(a.terminate().success() && b.terminate().success());
+    let last = run_until_caught_up_in(&broker, &state_a);
+    eprintln!("final run: {last}");
+    assert_exported_equals_replay(&broker, &dir, "incremental");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn run_until_caught_up_in(broker: &Broker, state: &Path) -> Value {
+    run_caught_up(broker, state, &[]).0
 }
