@@ -19,9 +19,10 @@ help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
 
 .PHONY: deps
-deps: ## install what the build and tests need (Debian packages, the local broker), if missing
+deps: ## install what the build and tests need (Debian packages, the local broker, the local S3 server), if missing
 	@scripts/install-deps.sh
 	@scripts/broker.sh install
+	@scripts/s3.sh install
 
 .PHONY: build
 build: deps ## build the gpuledger binary (release)

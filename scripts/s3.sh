@@ -17,6 +17,11 @@ PACKAGE='moto[server]==5.2.5'
 
 install() {
   if "$S3_HOME/venv/bin/python" -c 'import moto.server' 2>/dev/null; then return 0; fi
+  # One installer at a time (tests start servers in parallel).
+  mkdir -p "$(dirname "$S3_HOME")"
+  exec 9>"$S3_HOME.lock"
+  flock 9
+  if "$S3_HOME/venv/bin/python" -c 'import moto.server' 2>/dev/null; then return 0; fi
   echo "installing $PACKAGE into $S3_HOME" >&2
   mkdir -p "$S3_HOME"
   python3 -m venv "$S3_HOME/venv"
