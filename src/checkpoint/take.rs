@@ -57,6 +57,7 @@ fn now_rfc3339() -> String {
 /// state) into `store`, staging files under `staging`; keeps the newest
 /// `keep` complete checkpoints. `None` when the task has no state yet or
 /// the newest checkpoint already holds this state (`last_id`).
+#[allow(clippy::too_many_arguments)]
 pub fn take(
     store: &CheckpointStore,
     reader: &SnapshotReader,

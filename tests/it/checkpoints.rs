@@ -229,17 +229,7 @@ fn checkpoints_taken_while_transactions_abort_hold_only_committed_state() {
     let dir = tempfile::tempdir().unwrap().keep();
     let inputs = workload(&dir, 600, 30 * MINUTE_MS);
     gpuledger(&broker, &["topics", "create", "--partitions", "2"]);
-    let metering = std::fs::read_to_string(inputs.join("metering.jsonl")).unwrap();
-    let lines: Vec<&str> = metering.lines().collect();
-    let stretches: Vec<std::path::PathBuf> = lines
-        .chunks(lines.len().div_ceil(5))
-        .enumerate()
-        .map(|(index, chunk)| {
-            let file = dir.join(format!("metering-{index}.jsonl"));
-            std::fs::write(&file, chunk.join("\n") + "\n").unwrap();
-            file
-        })
-        .collect();
+    let stretches = metering_stretches(&inputs, &dir, 5);
     produce_files(&broker, &inputs.join("rates.jsonl"), &inputs.join("deals.jsonl"), &stretches[0]);
     let store = format!("file://{}", dir.join("checkpoints").display());
     let environment = [
@@ -302,6 +292,22 @@ fn checkpoints_taken_while_transactions_abort_hold_only_committed_state() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// The metering file cut into `count` files of consecutive lines, to
+/// produce a stretch at a time.
+fn metering_stretches(inputs: &Path, dir: &Path, count: usize) -> Vec<std::path::PathBuf> {
+    let metering = std::fs::read_to_string(inputs.join("metering.jsonl")).unwrap();
+    let lines: Vec<&str> = metering.lines().collect();
+    lines
+        .chunks(lines.len().div_ceil(count))
+        .enumerate()
+        .map(|(index, chunk)| {
+            let file = dir.join(format!("metering-{index}.jsonl"));
+            std::fs::write(&file, chunk.join("\n") + "\n").unwrap();
+            file
+        })
+        .collect()
+}
+
 /// The instant a log line was written (its leading RFC 3339 timestamp).
 fn logged_at(line: &str) -> i64 {
     gpuledger::units::parse_rfc3339(line.split_whitespace().next().unwrap()).expect("a timestamped log line")
@@ -318,17 +324,7 @@ fn a_joining_instance_moves_only_its_partitions_and_the_others_keep_folding() {
     let dir = tempfile::tempdir().unwrap().keep();
     let inputs = workload(&dir, 1_500, 5 * MINUTE_MS);
     gpuledger(&broker, &["topics", "create", "--partitions", "4"]);
-    let metering = std::fs::read_to_string(inputs.join("metering.jsonl")).unwrap();
-    let lines: Vec<String> = metering.lines().map(str::to_owned).collect();
-    let stretches: Vec<std::path::PathBuf> = lines
-        .chunks(lines.len().div_ceil(60))
-        .enumerate()
-        .map(|(index, chunk)| {
-            let file = dir.join(format!("metering-{index}.jsonl"));
-            std::fs::write(&file, chunk.join("\n") + "\n").unwrap();
-            file
-        })
-        .collect();
+    let stretches = metering_stretches(&inputs, &dir, 60);
     produce_files(&broker, &inputs.join("rates.jsonl"), &inputs.join("deals.jsonl"), &stretches[0]);
     let (state_a, state_b) = (dir.join("state-a"), dir.join("state-b"));
     let mut a = Instance::start(&broker, &state_a, &[]);
