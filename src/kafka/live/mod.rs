@@ -72,6 +72,8 @@ use crate::store::rocks::RocksStore;
 
 /// How often the loop tells the HTTP endpoints where it stands.
 const PUBLISH_EVERY: Duration = Duration::from_millis(250);
+/// How long an instance may sit in its group with no partition before it warns.
+const UNASSIGNED_WARNING: Duration = Duration::from_secs(60);
 
 /// The members topic must exist before instances can announce themselves.
 fn check_members_topic(config: &Config, metadata: &BaseConsumer) -> crate::Result<()> {
@@ -480,6 +482,8 @@ pub fn run(
     let mut last_cycle = Instant::now();
     let mut last_report = Instant::now();
     let mut last_published = Instant::now();
+    let joined_at = Instant::now();
+    let mut warned_unassigned = false;
     loop {
         if let Some(service) = &processor.service {
             service.health.beat();
@@ -511,6 +515,18 @@ pub fn run(
                 commits = processor.stats.transactions_committed,
                 "progress"
             );
+            if !warned_unassigned
+                && processor.stats.partitions_assigned == 0
+                && joined_at.elapsed() >= UNASSIGNED_WARNING
+            {
+                warned_unassigned = true;
+                tracing::warn!(
+                    waited_s = joined_at.elapsed().as_secs(),
+                    group = %config.group_id,
+                    "no partition assigned yet: expected when the group has more members than partitions; \
+                     otherwise the group coordinator may be stuck (docs/kafka.md)"
+                );
+            }
         }
         let stopping = shutdown.load(Ordering::Relaxed);
         let caught_up = options.exit_when_caught_up
