@@ -182,6 +182,7 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         sink,
         what_if_rates: args.what_if_rates,
         service,
+        from_checkpoint: args.from_checkpoint.as_deref().map(kafka::replay::FromCheckpoint::parse),
     };
     let summary = kafka::replay::replay(&config, &options)?;
     if let Some(comparison) = &summary.what_if {

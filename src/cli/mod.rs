@@ -266,6 +266,11 @@ pub(crate) struct ReplayArgs {
     /// Serve metrics and health on ADDR:PORT while replaying (overrides `[http] listen`).
     #[arg(long, value_name = "ADDR")]
     pub(crate) http_listen: Option<String>,
+    /// Start each task from a checkpoint (`[checkpoints] store`) instead of
+    /// offset 0: the newest on the committed history, or the one with this
+    /// id (one task, with --partitions). Reads and folds only what came after it.
+    #[arg(long, value_name = "ID", num_args = 0..=1, default_missing_value = "newest")]
+    pub(crate) from_checkpoint: Option<String>,
 }
 
 /// An RFC 3339 instant.

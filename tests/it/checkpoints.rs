@@ -305,6 +305,71 @@ fn checkpoints_taken_while_transactions_abort_hold_only_committed_state() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// `replay --from-checkpoint` reads only what came after a checkpoint and
+/// builds the state a replay from offset 0 builds (same offsets and output
+/// digest, by `verify`), writing the outputs the full replay derived after
+/// it; without an id each task starts from its newest checkpoint.
+#[test]
+fn a_replay_from_a_checkpoint_reads_only_the_rest_and_builds_the_same_state() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap().keep();
+    let inputs = workload(&dir, 600, 30 * MINUTE_MS);
+    gpuledger(&broker, &["topics", "create", "--partitions", "2"]);
+    let stretches = metering_stretches(&inputs, &dir, 2);
+    produce_files(&broker, &inputs.join("rates.jsonl"), &inputs.join("deals.jsonl"), &stretches[0]);
+    let store = format!("file://{}", dir.join("checkpoints").display());
+    let environment = [("GPULEDGER_CHECKPOINTS__STORE", store.as_str())];
+    // Each run ends with a checkpoint of every task.
+    let live = dir.join("live");
+    run_caught_up(&broker, &live, &environment);
+    gpuledger(&broker, &["produce", "--metering", path(&stretches[1])]);
+    run_caught_up(&broker, &live, &environment);
+    let tasks = by_task(&manifests(&environment));
+    assert_eq!(tasks[&0].len(), 2, "{tasks:?}");
+    let older = &tasks[&0][0];
+
+    let replay = |name: &str, extra: &[&str]| -> Value {
+        let state = dir.join(format!("state-{name}"));
+        let out = dir.join(format!("out-{name}"));
+        let mut args = vec!["replay", "--state-dir", path(&state), "--out", path(&out)];
+        args.extend_from_slice(extra);
+        let output = gpuledger_with(&broker, &args, &environment);
+        serde_json::from_str(String::from_utf8(output.stdout).unwrap().lines().last().unwrap()).unwrap()
+    };
+    let full = replay("full", &["--partitions", "0"]);
+    let from = replay("from", &["--partitions", "0", "--from-checkpoint", older["id"].as_str().unwrap()]);
+    let records = older["records"].as_u64().unwrap();
+    assert_eq!(from["records_restored"].as_u64(), Some(records), "{from}");
+    assert_eq!(
+        from["records_read"].as_u64().unwrap(),
+        full["records_read"].as_u64().unwrap() - records,
+        "{from} {full}"
+    );
+    let verify = |state: &str, against: &Path| {
+        let output = gpuledger(&broker, &["verify", "--state-dir", path(&dir.join(state)), "--against", path(against)]);
+        let report = String::from_utf8(output.stdout).unwrap();
+        assert!(report.contains("no difference"), "{report}");
+    };
+    verify("state-from", &dir.join("state-full"));
+    // Its outputs are the full replay's after the checkpoint.
+    let mut written = 0;
+    for stream in super::common::STREAMS {
+        let all: BTreeSet<String> = super::common::lines(&dir.join("out-full"), stream).into_iter().collect();
+        for line in super::common::lines(&dir.join("out-from"), stream) {
+            assert!(all.contains(&line), "{stream}: {line} is not among the full replay's outputs");
+            written += 1;
+        }
+    }
+    assert_eq!(from["outputs"].as_u64(), Some(written));
+    assert!(written > 0 && written < full["outputs"].as_u64().unwrap(), "{written} {full}");
+
+    // Every task from its newest: the graceful stop's, at the committed offsets.
+    let newest = replay("newest", &["--from-checkpoint"]);
+    assert_eq!(newest["records_read"], 0, "{newest}");
+    verify("state-newest", &live);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// The metering file cut into `count` files of consecutive lines, to
 /// produce a stretch at a time.
 fn metering_stretches(inputs: &Path, dir: &Path, count: usize) -> Vec<std::path::PathBuf> {

@@ -35,12 +35,14 @@ pub(super) struct Input {
 }
 
 impl Input {
-    pub(super) fn open(config: &Config, topic: Topic, name: &str, partition: u32) -> crate::Result<Input> {
+    /// `name[partition]` read from offset `from` on.
+    pub(super) fn open(config: &Config, topic: Topic, name: &str, partition: u32, from: i64) -> crate::Result<Input> {
         let consumer = replay_reader(config)?;
         let mut list = TopicPartitionList::new();
-        list.add_partition_offset(name, partition as i32, Offset::Beginning)?;
+        let start = if from == 0 { Offset::Beginning } else { Offset::Offset(from) };
+        list.add_partition_offset(name, partition as i32, start)?;
         consumer.assign(&list).with_context(|| format!("assigning {name}[{partition}]"))?;
-        Ok(Input { topic, consumer, buffer: VecDeque::new(), next: 0, ended: false, last_heard: Instant::now() })
+        Ok(Input { topic, consumer, buffer: VecDeque::new(), next: from, ended: false, last_heard: Instant::now() })
     }
 
     /// Moves fetched records into the buffer, waiting up to `wait` for the first.

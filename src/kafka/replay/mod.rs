@@ -12,6 +12,12 @@
 //! records and at the end, as in batch mode. Output files are written per
 //! task and joined in task order, so they never depend on thread timing.
 //!
+//! `--from-checkpoint` starts each task from a checkpoint of the live
+//! processor (`gpuledger checkpoint list`) instead of offset 0: the newest
+//! on the committed history, as a restoring processor picks it, or one named
+//! by id. Only the records after it are read and folded, so the outputs
+//! written are those derived after the checkpoint; the state is whole.
+//!
 //! `--until T` folds exactly the records whose `time` is at or before T
 //! (records without a readable time are left out too), so the state is the
 //! ledger as of T. `--what-if-rates` folds the same deals and usage a second
@@ -34,7 +40,9 @@ use self::input::{Input, ReplayInputs};
 use self::output::{ReplaySink, Writer};
 use self::what_if::{read_rates, Failed, WhatIf, WhatIfStep};
 use super::client::close_in_background;
-use super::progress::committed_plan;
+use super::progress::{on_committed_chain, read_progress, CommittedPlan};
+use crate::checkpoint::restore::restore_newest;
+use crate::checkpoint::CheckpointStore;
 use crate::config::Config;
 use crate::drive::{retry_poisoned, Driver, Step, Stop, TaskStep};
 use crate::events::avro::SchemaRegistry;
@@ -76,6 +84,28 @@ pub struct ReplayOptions {
     pub what_if_rates: Option<PathBuf>,
     /// Metrics and health over HTTP while the replay runs.
     pub service: Option<Arc<Service>>,
+    /// Start each task from a checkpoint instead of offset 0.
+    pub from_checkpoint: Option<FromCheckpoint>,
+}
+
+/// Which checkpoint `--from-checkpoint` starts a task from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FromCheckpoint {
+    /// The newest on the committed history (what a restoring processor takes).
+    Newest,
+    /// This one (one task only).
+    Id(String),
+}
+
+impl FromCheckpoint {
+    /// `newest`, or a checkpoint id.
+    pub fn parse(text: &str) -> FromCheckpoint {
+        if text == "newest" {
+            FromCheckpoint::Newest
+        } else {
+            FromCheckpoint::Id(text.to_owned())
+        }
+    }
 }
 
 /// The replay's counts as the metrics show them while it runs.
@@ -108,6 +138,8 @@ pub struct ReplaySummary {
     pub records_after_until: u64,
     /// Records taken in the order the progress topic recorded.
     pub records_in_recorded_order: u64,
+    /// Records the checkpoints started from had folded (`--from-checkpoint`).
+    pub records_restored: u64,
     pub outputs: u64,
     pub seconds: f64,
     /// Input records read per second.
@@ -133,6 +165,7 @@ pub fn replay(config: &Config, options: &ReplayOptions) -> crate::Result<ReplayS
         }
     };
     close_in_background(metadata);
+    check_from_checkpoint(config, options, &tasks)?;
     let total = input_total(config, &tasks)?;
     let what_if_rates =
         options.what_if_rates.as_deref().map(|path| read_rates(path, &config.fold.limits)).transpose()?;
@@ -170,6 +203,7 @@ pub fn replay(config: &Config, options: &ReplayOptions) -> crate::Result<ReplayS
         queue: Mutex::new(tasks.iter().copied().collect()),
         committed,
         what_if_rates,
+        partitions,
     };
     // Tasks are independent: up to one thread per core takes them in turn.
     let results: Vec<crate::Result<Vec<TaskSummary>>> = std::thread::scope(|scope| {
@@ -187,6 +221,7 @@ pub fn replay(config: &Config, options: &ReplayOptions) -> crate::Result<ReplayS
             summary.records_folded += task.records_folded;
             summary.records_after_until += task.records_after_until;
             summary.records_in_recorded_order += task.records_in_recorded_order;
+            summary.records_restored += task.records_restored;
             summary.outputs += task.outputs;
             if let (Some(all), Some(one)) = (comparison.as_mut(), task.comparison) {
                 all.rows.extend(one.rows);
@@ -196,10 +231,35 @@ pub fn replay(config: &Config, options: &ReplayOptions) -> crate::Result<ReplayS
     let Shared { progress, writer, .. } = shared;
     progress.into_inner().expect("progress lock").finish();
     writer.finish(&tasks)?;
+    // What --from-checkpoint staged (restores remove their files; the directory may stay).
+    let _ = std::fs::remove_dir(options.state_dir.join("checkpoint-staging"));
     summary.seconds = started.elapsed().as_secs_f64();
     summary.records_per_second = summary.records_read as f64 / summary.seconds.max(1e-9);
     summary.what_if = comparison;
     Ok(summary)
+}
+
+/// `--from-checkpoint` needs a checkpoint store, and cannot go with what
+/// would need the history before the checkpoint.
+fn check_from_checkpoint(config: &Config, options: &ReplayOptions, tasks: &[u32]) -> crate::Result<()> {
+    let Some(from) = &options.from_checkpoint else { return Ok(()) };
+    if config.checkpoints.store.is_none() {
+        bail!("--from-checkpoint needs the checkpoint store: set [checkpoints] store or GPULEDGER_CHECKPOINTS__STORE");
+    }
+    if options.until.is_some() {
+        bail!(
+            "--from-checkpoint cannot go with --until: a checkpoint may hold records after T; replay from offset 0 for an as-of state"
+        );
+    }
+    if options.what_if_rates.is_some() {
+        bail!("--from-checkpoint cannot go with --what-if-rates: the what-if folds the whole history with other rates");
+    }
+    if let FromCheckpoint::Id(id) = from {
+        if tasks.len() != 1 {
+            bail!("--from-checkpoint {id}: a checkpoint belongs to one task; name it with --partitions");
+        }
+    }
+    Ok(())
 }
 
 /// The number of input records the tasks will read, for the ETA (`None`
@@ -228,6 +288,8 @@ struct Shared<'a> {
     committed: std::collections::BTreeMap<u32, KeyedOffsets>,
     what_if_rates: Option<Vec<(InputRecord, Decoded)>>,
     observed: Observed,
+    /// The inputs' partition count.
+    partitions: u32,
 }
 
 /// One task's counts (and what-if rows: start-ups belong to one task, so
@@ -238,6 +300,7 @@ struct TaskSummary {
     records_folded: u64,
     records_after_until: u64,
     records_in_recorded_order: u64,
+    records_restored: u64,
     outputs: u64,
     comparison: Option<Comparison>,
 }
@@ -279,15 +342,26 @@ impl Shared<'_> {
     ) -> crate::Result<Result<TaskSummary, Failed>> {
         let mut comparison = self.what_if_rates.as_ref().map(|_| Comparison::default());
         let topics = &self.config.topics;
-        let mut driver = if committed == KeyedOffsets::default() {
+        let (start, entries) = match &self.options.from_checkpoint {
+            Some(from) => self.start_from_checkpoint(partition, committed, from)?,
+            None => (None, None),
+        };
+        let from = start.as_ref().map_or(Offsets::ZERO, |state| state.offsets);
+        // Nothing committed after where the replay starts: the merge rule throughout.
+        let mut driver = if committed == KeyedOffsets::default() || from.keyed() == committed {
             Driver::merge(partition)
         } else {
-            match committed_plan(self.config, partition, Offsets::ZERO, committed)?.segments {
+            let entries = match entries {
+                Some(entries) => entries,
+                None => read_progress(self.config, partition)?,
+            };
+            match CommittedPlan::of(&entries, from, committed).segments {
                 Some(segments) => Driver::recorded(partition, segments),
                 None => {
                     tracing::warn!(
                         partition,
-                        "the progress records do not chain back to offset 0; replaying by the merge rule"
+                        from = ?from,
+                        "the progress records do not chain back to where the replay starts; replaying by the merge rule"
                     );
                     Driver::merge(partition)
                 }
@@ -296,15 +370,16 @@ impl Shared<'_> {
         .until(self.options.until);
         let mut inputs = ReplayInputs {
             inputs: [
-                Input::open(self.config, Topic::Rates, &topics.rates, 0)?,
-                Input::open(self.config, Topic::Deals, &topics.deals, partition)?,
-                Input::open(self.config, Topic::Metering, &topics.metering, partition)?,
+                Input::open(self.config, Topic::Rates, &topics.rates, 0, from[Topic::Rates])?,
+                Input::open(self.config, Topic::Deals, &topics.deals, partition, from[Topic::Deals])?,
+                Input::open(self.config, Topic::Metering, &topics.metering, partition, from[Topic::Metering])?,
             ],
             registry: SchemaRegistry::with_ids(&self.config.schema_ids),
             limits: self.config.fold.limits,
         };
         let fresh = || TaskState { partition, ..TaskState::default() };
-        let mut actual = Task::new(self.config.fold.clone(), fresh());
+        let records_restored = start.as_ref().map_or(0, |state| state.folded);
+        let mut actual = Task::new(self.config.fold.clone(), start.unwrap_or_else(fresh));
         for failed in poisoned {
             if let Failed::Actual(poison) = failed {
                 actual.poison(poison);
@@ -384,9 +459,78 @@ impl Shared<'_> {
             records_folded: counts.taken - counts.after_until,
             records_after_until: counts.after_until,
             records_in_recorded_order: counts.in_recorded_order,
+            records_restored,
             outputs,
             comparison,
         }))
+    }
+}
+
+impl Shared<'_> {
+    /// Installs the checkpoint `from` names for task `partition` in place of
+    /// whatever the task's state holds (a retry starts from it again), and
+    /// returns the state it holds with the progress records read to choose
+    /// it; `None` (and a warning) when no checkpoint is usable: the replay
+    /// then starts from offset 0.
+    fn start_from_checkpoint(
+        &self,
+        partition: u32,
+        committed: KeyedOffsets,
+        from: &FromCheckpoint,
+    ) -> crate::Result<(Option<TaskState>, Option<Vec<super::progress::ProgressEntry>>)> {
+        let checkpoints = CheckpointStore::open(&self.config.checkpoints, &self.config.group_id)?;
+        let entries = read_progress(self.config, partition)?;
+        let accept = |manifest: &crate::checkpoint::Manifest| {
+            if let FromCheckpoint::Id(id) = from {
+                if manifest.id != *id {
+                    return Err(format!("not {id}"));
+                }
+            }
+            if on_committed_chain(&entries, manifest.offsets(), &manifest.digest, committed) {
+                Ok(())
+            } else {
+                Err("no chain of committed progress records leads from it to the group's offsets".to_owned())
+            }
+        };
+        let staging = self.options.state_dir.join("checkpoint-staging");
+        let mut rocks = self.store.lock().expect("store lock");
+        rocks.delete_ranges(&crate::checkpoint::task_ranges(partition))?;
+        let outcome = restore_newest(
+            &checkpoints,
+            &mut rocks,
+            partition,
+            self.partitions,
+            Offsets::ZERO,
+            committed,
+            accept,
+            &staging,
+        )?;
+        let Some(manifest) = outcome.restored else {
+            let reasons: Vec<String> = outcome
+                .skipped
+                .iter()
+                .filter(|(_, reason)| !reason.starts_with("not "))
+                .map(|(id, reason)| format!("{id}: {reason}"))
+                .collect();
+            if let FromCheckpoint::Id(id) = from {
+                bail!(
+                    "checkpoint {id} of task {partition} cannot start the replay (it must be at or before the group's \
+                     committed offsets, on the committed history, and intact): {}",
+                    if reasons.is_empty() { "no such checkpoint".to_owned() } else { reasons.join("; ") }
+                );
+            }
+            tracing::warn!(partition, passed_over = ?reasons, "no usable checkpoint; replaying the task from offset 0");
+            return Ok((None, Some(entries)));
+        };
+        let state = store::load_task(&*rocks, partition)?;
+        tracing::info!(
+            partition,
+            checkpoint = %manifest.id,
+            records = manifest.records,
+            offsets = ?manifest.offsets(),
+            "replay starts from a checkpoint"
+        );
+        Ok((Some(state), Some(entries)))
     }
 }
 
